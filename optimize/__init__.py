@@ -1,0 +1,24 @@
+"""optimize: a deployment compiler for transformer encoders.
+
+The Python API (the CLI only wraps it)::
+
+    from optimize import ExportJob, export_model
+    outcome = export_model(ExportJob(model="bert", target="ort-fp32", output=Path("out/bert")))
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from optimize.config import ExportJob  # noqa: E402
+from optimize.errors import OptimizeError  # noqa: E402
+
+
+def export_model(job: ExportJob, reporter=None):  # noqa: ANN001, ANN201 - thin lazy wrapper
+    """See :func:`optimize.api.export_model`; imported lazily so ``import optimize`` stays light."""
+    from optimize.api import export_model as _export_model
+
+    return _export_model(job, reporter)
+
+
+__all__ = ["ExportJob", "OptimizeError", "__version__", "export_model"]

@@ -1,0 +1,264 @@
+"""The Python API: ``export_model(job)`` runs the whole chain; the CLI only wraps it.
+
+resolve -> export -> passes -> runtime -> parity -> (speed) -> bundle. Each step is one call
+with typed inputs and outputs; nothing reaches back up the chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx_ir as ir
+
+from optimize import bundle as bundles
+from optimize.bench.hardware import fingerprint, package_versions
+from optimize.calibration.batches import token_batches, tokenize
+from optimize.calibration.corpus import held_out_paragraphs, parity_texts
+from optimize.config import ExportJob, SessionConfig, SpeedCheckConfig
+from optimize.errors import InputError, ParityError
+from optimize.exporter import ExportResult, LoadedModel, export, resolve
+from optimize.exporter.validate import check_graph
+from optimize.parity import ParityReport, compare
+from optimize.passes.pipeline import PipelineReport
+from optimize.runtimes.base import Feeds
+from optimize.targets import PassContext, Target, get_target
+from optimize.passes.pipeline import Pipeline
+
+
+class Reporter(Protocol):
+    def phase(self, name: str) -> None: ...
+    def note(self, line: str) -> None: ...
+    def warn(self, line: str) -> None: ...
+
+
+class SilentReporter:
+    def phase(self, name: str) -> None:
+        pass
+
+    def note(self, line: str) -> None:
+        pass
+
+    def warn(self, line: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SpeedLine:
+    batch: int
+    seq_len: int
+    threads: int
+    pytorch_ms: float
+    artifact_ms: float
+    speedup: float
+    spread: tuple[float, float]
+    rounds: int
+
+    def summary(self) -> str:
+        return (
+            f"{self.artifact_ms:.1f} ms vs PyTorch eager fp32 {self.pytorch_ms:.1f} ms = {self.speedup:.2f}x faster "
+            f"(batch {self.batch}, sequence {self.seq_len}, {self.threads} threads; median of {self.rounds} rounds of "
+            f"alternating blocks, range {self.spread[0]:.2f}-{self.spread[1]:.2f}x)"
+        )
+
+
+@dataclass
+class ExportOutcome:
+    output: Path
+    target: str
+    manifest: dict[str, Any]
+    parity: ParityReport
+    speed: SpeedLine | None
+    notes: list[str] = field(default_factory=list)
+
+
+def session_for(target: Target, job: ExportJob, threads: int | None = None) -> SessionConfig:
+    """The job's session settings with the target's required ones (disabled optimizers) applied."""
+    disabled = tuple(dict.fromkeys((*job.session.disabled_optimizers, *target.session.disabled_optimizers)))
+    return dataclasses.replace(
+        job.session, disabled_optimizers=disabled, threads=job.session.threads if threads is None else threads
+    )
+
+
+def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[Feeds]:
+    texts = list(dict.fromkeys(parity_texts(job.parity.path, job.parity.size)))  # exact duplicates tie neighbours
+    return list(
+        token_batches(
+            loaded.tokenizer,
+            texts,
+            loaded.input_names,
+            batch_size=job.parity.batch_size,
+            seq_len=min(job.parity.seq_len, loaded.max_sequence),
+        )
+    )
+
+
+def speed_feeds(loaded: LoadedModel, batch: int, seq_len: int) -> Feeds:
+    """``batch`` rows of exactly ``seq_len`` real tokens: held-out text joined until long enough."""
+    text = " ".join(held_out_paragraphs())
+    feeds = tokenize(loaded.tokenizer, [text] * batch, loaded.input_names, seq_len, pad_to_max=True)
+    return feeds
+
+
+def measure_speed(loaded: LoadedModel, model: ir.Model, session: SessionConfig, cfg: SpeedCheckConfig) -> SpeedLine:
+    import torch
+
+    from optimize.bench.harness import Schedule, alternate
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.torch_ref import TorchRunner
+
+    seq_len = min(cfg.seq_len, loaded.max_sequence)
+    feeds = speed_feeds(loaded, cfg.batch, seq_len)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        artifact = OrtRunner(model, dataclasses.replace(session, threads=cfg.threads))
+        engines = {"pytorch": TorchRunner(loaded).run_callable(feeds), "artifact": artifact.run_callable(feeds)}
+        schedule = Schedule(rounds=cfg.rounds, block_runs=cfg.block_runs, dropped_per_block=cfg.dropped_per_block)
+        timing = alternate(engines, schedule)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return SpeedLine(
+        batch=cfg.batch,
+        seq_len=seq_len,
+        threads=cfg.threads,
+        pytorch_ms=timing.median_seconds("pytorch") * 1e3,
+        artifact_ms=timing.median_seconds("artifact") * 1e3,
+        speedup=timing.ratio("pytorch", "artifact"),
+        spread=timing.spread("pytorch", "artifact"),
+        rounds=cfg.rounds,
+    )
+
+
+def _io_signature(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
+    def describe(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": v.dtype.name if v.dtype is not None else None,
+                "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or [])],
+            }
+            for v in values
+        ]
+
+    return {"inputs": describe(model.graph.inputs), "outputs": describe(model.graph.outputs)}
+
+
+def build_manifest(
+    job: ExportJob,
+    target: Target,
+    loaded: LoadedModel,
+    exported: ExportResult,
+    report: PipelineReport,
+    parity: ParityReport,
+    speed: SpeedLine | None,
+    session: SessionConfig,
+    model: ir.Model,
+) -> dict[str, Any]:
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": target.name,
+        "runtime": target.runtime,
+        "precision": target.precision,
+        "task": loaded.task,
+        "source": {
+            "reference": loaded.source,
+            "description": loaded.description,
+            "sha256": loaded.source_hash,
+            "architecture": loaded.architecture,
+            "model_type": loaded.model_type,
+            "layers": loaded.num_layers,
+            "hidden": loaded.hidden_size,
+            "heads": loaded.num_heads,
+            "max_sequence": loaded.max_sequence,
+        },
+        "export": {
+            "opset": job.export.opset,
+            "strategy": exported.strategy,
+            "attempts": [dataclasses.asdict(a) for a in exported.attempts],
+            "dynamic_probes": [dataclasses.asdict(p) for p in exported.probes],
+        },
+        "io": _io_signature(model),
+        "passes": report.as_dict(),
+        "parity": parity.as_dict(),
+        "speed": dataclasses.asdict(speed) if speed else None,
+        "session": {
+            "optimization_level": session.optimization_level,
+            "disabled_optimizers": list(session.disabled_optimizers),
+            "why": "ONNX Runtime would re-fuse what the passes deliberately left unfused; load the "
+            "model with these settings (optimize.runtimes.ort.build_session does)",
+        },
+        "notes": list(loaded.notes),
+        "versions": package_versions(),
+        "hardware": fingerprint(),
+    }
+
+
+def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutcome:
+    """Model reference -> parity-checked bundle at ``job.output``; raises OptimizeError subclasses."""
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.torch_ref import TorchRunner
+
+    reporter = reporter or SilentReporter()
+    target = get_target(job.target)
+    bundles.preflight(Path(job.output).absolute(), job.force)
+
+    reporter.phase("loading the model")
+    loaded = resolve(job.model, job.export.task if job.export.task else None, seed=job.seed)
+    reporter.note(f"model: {loaded.description}")
+    for line in loaded.notes:
+        reporter.warn(line)
+    if job.export.seq_len > loaded.max_sequence:
+        raise InputError(
+            f"--seq-len {job.export.seq_len} is longer than the model allows ({loaded.max_sequence} positions)",
+            f"pass --seq-len {loaded.max_sequence} or less",
+        )
+
+    reporter.phase("exporting to ONNX")
+    exported = export(loaded, job.export)
+    model = exported.model
+
+    reporter.phase(f"running the {target.name} passes")
+    pipeline = Pipeline(target.passes(PassContext(loaded, job)))
+    report = pipeline.run(model, progress=lambda name: reporter.phase(f"pass: {name}"))
+    for record in report.records:
+        for fusion, why in record.stats.get("missing", {}).items():
+            reporter.warn(f"expected fusion {fusion} did not happen: {why}")
+    check_graph(model, strict_shapes=False)
+
+    reporter.phase("checking parity against PyTorch fp32")
+    session = session_for(target, job)
+    candidate = OrtRunner(model, session)
+    parity = compare(
+        TorchRunner(loaded),
+        candidate,
+        parity_batches(loaded, job),
+        task=loaded.task,
+        output=loaded.output_name,
+        tolerances=target.tolerances(loaded.task, job),
+    )
+    if not parity.ok:
+        raise ParityError(
+            f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)",
+            "choose a higher-precision target or relax the budget where the target allows it",
+        )
+
+    speed = None
+    if job.speed.enabled:
+        reporter.phase("timing side by side with PyTorch")
+        speed = measure_speed(loaded, model, session, job.speed)
+
+    reporter.phase("writing the bundle")
+    manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
+    output = Path(job.output).absolute()
+    with bundles.staged(output, job.force) as staging:
+        bundles.save_model(model, staging)
+        loaded.tokenizer.save_pretrained(staging)
+        loaded.module.config.to_json_file(staging / "config.json")
+        bundles.write_manifest(staging, manifest)
+    final = json.loads((output / bundles.MANIFEST_FILE).read_text())
+    return ExportOutcome(output, target.name, final, parity, speed, list(loaded.notes))

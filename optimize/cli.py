@@ -1,0 +1,203 @@
+"""The ``optimize`` command: parses flags into config objects, calls the API, maps errors to exits.
+
+Every error is one line on stderr, ``error: <problem>; <fix>``, and an exit code from
+``optimize.errors.EXIT_CODES``. Set OPTIMIZE_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from optimize.errors import EXIT_CODES, InputError, Interrupted, OptimizeError
+
+app = typer.Typer(
+    name="optimize",
+    help="Compile BERT-class models to parity-checked ONNX Runtime and TensorRT artifacts.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class RichReporter:
+    """Phases on a spinner line (stderr); notes and warnings printed above it."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def phase(self, name: str) -> None:
+        self.progress.update(self.task, description=name)
+
+    def note(self, line: str) -> None:
+        self.progress.console.print(line, markup=False, highlight=False)
+
+    def warn(self, line: str) -> None:
+        self.progress.console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="`bert` (the embedded default), a local Hugging Face folder, or a cached hub id.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target to compile for; see `optimize targets`.")] = "ort-fp32",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle folder to write.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="feature-extraction or text-classification (default: from the checkpoint).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 18,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at.")] = 128,
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: CPython's pydoc topics).")] = None,
+    calibration_size: Annotated[int, typer.Option("--calibration-size", help="Calibration texts to use.")] = 512,
+    parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
+    parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 96,
+    threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time the artifact side by side with PyTorch.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for anything random (a new classification head).")] = 0,
+) -> None:
+    """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
+    from optimize.api import export_model
+    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+
+    if output is None:
+        raise InputError("no output folder given", "pass --output DIR")
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}", "pass --threads 2, say")
+    if seq_len < 8:
+        raise InputError(f"--seq-len must be at least 8, got {seq_len}", "pass --seq-len 128, say")
+    if calibration is not None:  # validated up front even where the target does not calibrate
+        from optimize.calibration.corpus import calibration_texts
+
+        calibration_texts(calibration, 1)
+    job = ExportJob(
+        model=model,
+        target=target,
+        output=output,
+        force=force,
+        export=ExportConfig(task=task or "", opset=opset, seq_len=seq_len),
+        calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len),
+        parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len),
+        speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len)),
+        seed=seed,
+    )
+    with _progress() as progress:
+        outcome = export_model(job, RichReporter(progress))
+    manifest = outcome.manifest
+    files = manifest["files"]
+    passes = " -> ".join(
+        p["name"] + (f" ({', '.join(f'{k} {v}' for k, v in p['stats']['fusions'].items())})" if p["stats"].get("fusions") else "")
+        for p in manifest["passes"]["passes"]
+    )
+    probes = " ".join(f"({p['batch']},{p['sequence']})" for p in manifest["export"]["dynamic_probes"])
+    out.print(f"export: {manifest['export']['strategy']}, opset {manifest['export']['opset']}, dynamic axes proven at {probes}")
+    out.print(f"passes: {passes}")
+    out.print(f"parity: {outcome.parity.summary()}: within {outcome.target} tolerance")
+    if outcome.speed:
+        out.print(f"speed: {outcome.speed.summary()}")
+    sizes = ", ".join(f"{name} {_mb(entry['bytes'])}" for name, entry in files.items() if name.startswith("model"))
+    out.print(f"bundle: {outcome.output} ({sizes}, tokenizer, manifest.json)")
+
+
+@app.command()
+def targets() -> None:
+    """List the targets and whether each is available here."""
+    from optimize.targets import TARGETS
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("target", "runtime", "precision", "available", "what it does"):
+        table.add_column(column)
+    for target in TARGETS.values():
+        reason = target.availability()
+        table.add_row(target.name, target.runtime, target.precision, "yes" if reason is None else f"no: {reason}", target.summary)
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A bundle folder or an .onnx file.")],
+) -> None:
+    """Show what a bundle or an ONNX file holds: inputs, outputs, operators, sizes, parity."""
+    from optimize.inspection import describe
+
+    for line in describe(path):
+        out.print(line, markup=False)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted("terminated by SIGTERM; nothing was written and any previous bundle is intact")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="optimize", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except OptimizeError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
+        return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        err.print(_one_line(exc.format_message()) or "run `optimize --help`", markup=False)
+        return 2
+    except click.exceptions.UsageError as exc:
+        where = f"optimize {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.info_name != "optimize" else "optimize --help"
+        err.print(f"error: {_one_line(exc.format_message())}; see `{where}`", markup=False, highlight=False)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("error: interrupted; nothing was written and any previous bundle is intact", markup=False)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if debug:
+            raise
+        err.print(
+            f"internal error: {exc.__class__.__name__}: {_one_line(str(exc))[:300]}; re-run with OPTIMIZE_DEBUG=1 "
+            "for the traceback and report it",
+            markup=False,
+            highlight=False,
+        )
+        return 1
+
+
+def exit_codes_table() -> str:
+    return "\n".join(f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

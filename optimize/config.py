@@ -1,0 +1,127 @@
+"""Frozen configuration objects: the only way options travel through the library.
+
+The CLI parses flags into these; every phase takes the one it needs. Nothing is a loose
+dict of string keys, and each option is defined once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS = ("feature-extraction", "text-classification")
+
+#: opsets the exporter and ONNX Runtime 1.20+ both handle well.
+SUPPORTED_OPSETS = range(17, 22)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How a PyTorch model becomes an ONNX graph."""
+
+    task: str = "feature-extraction"
+    opset: int = 18
+    #: longest sequence the artifact is validated, calibrated and benchmarked at.
+    seq_len: int = 128
+    #: shapes (batch, sequence) at which the exported graph is run to prove the axes dynamic.
+    dynamic_probe_shapes: tuple[tuple[int, int], ...] = ((1, 8), (3, 17), (2, 64))
+    #: torch.export first, TorchScript second: the order capture strategies are tried in.
+    strategies: tuple[str, ...] = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How an ONNX Runtime session is built."""
+
+    threads: int = 0  # 0: one per physical core
+    optimization_level: str = "all"  # disable | basic | extended | all
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: ORT graph optimizers to switch off; see passes/fusion.py for why SkipLayerNorm is here.
+    disabled_optimizers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """What the artifact must achieve against the PyTorch fp32 reference on held-out text."""
+
+    cosine_mean: float = 0.99999
+    cosine_min: float = 0.99999
+    neighbour_agreement: float = 1.0
+    #: for text-classification: fraction of argmax labels that must agree.
+    label_agreement: float = 1.0
+    #: absolute error bound on outputs; None: not enforced (reported only).
+    max_abs_error: float | None = None
+
+    def scaled(self, **changes: float) -> Tolerances:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Where calibration text comes from and how much of it is used."""
+
+    path: Path | None = None  # None: CPython's pydoc_data/topics.py
+    size: int = 512  # sentences
+    batch_size: int = 16
+    seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """The held-out text used to compare artifact and reference."""
+
+    path: Path | None = None  # None: the held-out half of pydoc topics, never used for calibration
+    size: int = 96
+    batch_size: int = 16
+    seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class SpeedCheckConfig:
+    """The quick side-by-side speed line printed by ``export``."""
+
+    enabled: bool = True
+    batch: int = 1
+    seq_len: int = 128
+    threads: int = 2
+    rounds: int = 7
+    block_runs: int = 12
+    dropped_per_block: int = 3
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Static INT8 quantization options (issue 3)."""
+
+    method: str = "minmax"  # minmax | percentile | entropy
+    symmetric_activations: bool = False
+    per_channel: bool = True
+    min_cosine: float = 0.99
+    smooth_alpha: float | None = 0.5  # None: no SmoothQuant-style migration
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Structured pruning options (issue 5)."""
+
+    fraction: float = 0.0
+    recover_steps: int = 0
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """Everything ``optimize export`` needs, gathered by the CLI or the Python API."""
+
+    model: str
+    target: str
+    output: Path
+    force: bool = False
+    export: ExportConfig = field(default_factory=ExportConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+    speed: SpeedCheckConfig = field(default_factory=SpeedCheckConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    seed: int = 0

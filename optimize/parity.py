@@ -1,0 +1,148 @@
+"""Does the artifact compute what the PyTorch model computes? Measured on held-out real text.
+
+Feature extraction: cosine of mean-pooled embeddings (mean and minimum over texts), top-1
+nearest-neighbour agreement among the texts, max abs error over real (unpadded) tokens.
+Text classification: label agreement, cosine of the logit vectors, max abs error.
+Non-finite outputs are counted and always fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from optimize.config import Tolerances
+from optimize.runtimes.base import Feeds, Runner
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    task: str
+    samples: int
+    cosine_mean: float
+    cosine_min: float
+    neighbour_agreement: float | None
+    label_agreement: float | None
+    max_abs_error: float
+    nonfinite: int
+    tolerances: Tolerances
+    failures: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        parts = [f"cosine mean {self.cosine_mean:.6f} min {self.cosine_min:.6f}"]
+        if self.neighbour_agreement is not None:
+            parts.append(f"top-1 neighbour agreement {self.neighbour_agreement:.3f}")
+        if self.label_agreement is not None:
+            parts.append(f"label agreement {self.label_agreement:.4f}")
+        parts.append(f"max abs error {self.max_abs_error:.2e}")
+        return f"{', '.join(parts)} over {self.samples} held-out texts"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["failures"] = list(self.failures)
+        return data
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Average of token vectors over real tokens, in float64 (as sentence-transformers pools)."""
+    weights = mask.astype(np.float64)[..., None]
+    return (hidden.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
+def _nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-30)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
+
+
+@dataclass
+class _Collected:
+    reference: list[np.ndarray] = field(default_factory=list)
+    candidate: list[np.ndarray] = field(default_factory=list)
+    max_abs_error: float = 0.0
+    nonfinite: int = 0
+
+
+def _collect(reference: Runner, candidate: Runner, batches: Iterable[Feeds], output: str, task: str) -> _Collected:
+    collected = _Collected()
+    for feeds in batches:
+        want = reference.infer(feeds)[output].astype(np.float64)
+        got = candidate.infer(feeds)[output].astype(np.float64)
+        bad = ~np.isfinite(got)
+        collected.nonfinite += int(bad.sum())
+        got = np.where(bad, 0.0, got)
+        if task == "feature-extraction":
+            mask = feeds["attention_mask"]
+            difference = np.abs(got - want) * mask[..., None]
+            collected.reference.append(mean_pool(want, mask))
+            collected.candidate.append(mean_pool(got, mask))
+        else:
+            difference = np.abs(got - want)
+            collected.reference.append(want)
+            collected.candidate.append(got)
+        collected.max_abs_error = max(collected.max_abs_error, float(difference.max(initial=0.0)))
+    return collected
+
+
+def compare(
+    reference: Runner,
+    candidate: Runner,
+    batches: Iterable[Feeds],
+    *,
+    task: str,
+    output: str,
+    tolerances: Tolerances,
+) -> ParityReport:
+    """Run both runners on every batch and judge the candidate against the tolerances."""
+    collected = _collect(reference, candidate, batches, output, task)
+    if not collected.reference:
+        raise ValueError("parity needs at least one batch")
+    want = np.concatenate(collected.reference)
+    got = np.concatenate(collected.candidate)
+    cosines = _cosines(want, got)
+    neighbours = labels = None
+    if task == "feature-extraction":
+        if len(want) > 2:
+            neighbours = float(np.mean(_nearest_neighbours(want) == _nearest_neighbours(got)))
+    else:
+        labels = float(np.mean(want.argmax(axis=1) == got.argmax(axis=1)))
+
+    failures: list[str] = []
+    if collected.nonfinite:
+        failures.append(f"{collected.nonfinite} non-finite output values (NaN or Inf)")
+    if float(cosines.mean()) < tolerances.cosine_mean:
+        failures.append(f"cosine mean {cosines.mean():.6f} < {tolerances.cosine_mean}")
+    if float(cosines.min()) < tolerances.cosine_min:
+        failures.append(f"cosine min {cosines.min():.6f} < {tolerances.cosine_min}")
+    if neighbours is not None and neighbours < tolerances.neighbour_agreement:
+        failures.append(f"top-1 neighbour agreement {neighbours:.3f} < {tolerances.neighbour_agreement}")
+    if labels is not None and labels < tolerances.label_agreement:
+        failures.append(f"label agreement {labels:.4f} < {tolerances.label_agreement}")
+    if tolerances.max_abs_error is not None and collected.max_abs_error > tolerances.max_abs_error:
+        failures.append(f"max abs error {collected.max_abs_error:.3g} > {tolerances.max_abs_error}")
+    return ParityReport(
+        task=task,
+        samples=len(want),
+        cosine_mean=float(cosines.mean()),
+        cosine_min=float(cosines.min()),
+        neighbour_agreement=neighbours,
+        label_agreement=labels,
+        max_abs_error=collected.max_abs_error,
+        nonfinite=collected.nonfinite,
+        tolerances=tolerances,
+        failures=tuple(failures),
+    )

@@ -1,0 +1,50 @@
+"""What every pass of this project is: an onnx_ir in-place pass that records its statistics."""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from typing import Any
+
+import onnx_ir as ir
+
+Stats = dict[str, Any]
+
+
+class OptimizePass(ir.passes.InPlacePass, abc.ABC):
+    """An in-place graph rewrite with a name and the statistics of its last run.
+
+    Subclasses implement ``run(model) -> bool`` (whether the graph changed) and fill
+    ``self.stats``; options are constructor arguments.
+    """
+
+    #: short, stable identifier used in manifests and error messages.
+    name: str = "pass"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: Stats = {}
+
+    @abc.abstractmethod
+    def run(self, model: ir.Model) -> bool: ...
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.stats = {}
+        modified = self.run(model)
+        return ir.passes.PassResult(model, bool(modified))
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def op_counts(model: ir.Model) -> Counter[str]:
+    """Nodes of the main graph by ``domain::op`` (plain op name for the default domain)."""
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph)
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total

@@ -1,0 +1,139 @@
+"""The target registry: a target name -> the passes it runs, its runtime and its tolerances.
+
+Adding a target means adding one entry here; adding a pass to a target means editing its
+``passes`` function.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from optimize.config import ExportJob, SessionConfig, Tolerances
+from optimize.errors import InputError
+from optimize.exporter.resolve import LoadedModel
+from optimize.passes.base import OptimizePass
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a target needs to choose and configure its passes."""
+
+    loaded: LoadedModel
+    job: ExportJob
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    summary: str
+    runtime: str  # "onnxruntime" | "tensorrt"
+    precision: str
+    passes: Callable[[PassContext], list[OptimizePass]]
+    tolerances: Callable[[str, ExportJob], Tolerances]
+    session: SessionConfig = field(default_factory=SessionConfig)
+    #: None when the target works; otherwise the issue that will bring it.
+    pending: str | None = None
+
+    def availability(self) -> str | None:
+        """None if this machine can produce the target, else a one-line reason."""
+        if self.pending:
+            return f"not implemented yet ({self.pending})"
+        return None
+
+
+def expected_fusions(loaded: LoadedModel) -> dict[str, int]:
+    """Fusions the ORT pass must achieve on architectures where they are known to apply."""
+    if loaded.model_type == "bert":
+        return {"attention": loaded.num_layers, "bias_gelu": loaded.num_layers}
+    return {}
+
+
+def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
+    from optimize.passes.cleanup import CleanupPass
+    from optimize.passes.fusion import OrtFusionPass
+
+    return [CleanupPass(), OrtFusionPass(expected=expected_fusions(ctx.loaded)), CleanupPass()]
+
+
+def _fp32_tolerances(task: str, job: ExportJob) -> Tolerances:
+    if task == "text-classification":
+        return Tolerances(cosine_mean=0.99999, cosine_min=0.9999, label_agreement=1.0, max_abs_error=1e-3)
+    return Tolerances(cosine_mean=0.99999, cosine_min=0.99999, neighbour_agreement=0.99)
+
+
+def _pending(issue: str) -> Callable[[PassContext], list[OptimizePass]]:
+    def passes(ctx: PassContext) -> list[OptimizePass]:
+        raise InputError(f"target {ctx.job.target} is not implemented yet ({issue})", "use --target ort-fp32 for now")
+
+    return passes
+
+
+_ORT_CPU_SESSION = SessionConfig(disabled_optimizers=("SkipLayerNormFusion",))
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            name="ort-fp32",
+            summary="ONNX Runtime, fp32, transformer fusions (Attention, BiasGelu)",
+            runtime="onnxruntime",
+            precision="fp32",
+            passes=_ort_fp32_passes,
+            tolerances=_fp32_tolerances,
+            session=_ORT_CPU_SESSION,
+        ),
+        Target(
+            name="ort-int8",
+            summary="ONNX Runtime, static INT8 with calibration and an accuracy budget",
+            runtime="onnxruntime",
+            precision="int8",
+            passes=_pending("issue 3"),
+            tolerances=_fp32_tolerances,
+            pending="issue 3",
+        ),
+        Target(
+            name="ort-fp16",
+            summary="ONNX Runtime, fp16 weights and compute, overflow-safe",
+            runtime="onnxruntime",
+            precision="fp16",
+            passes=_pending("issue 4"),
+            tolerances=_fp32_tolerances,
+            pending="issue 4",
+        ),
+        Target(
+            name="trt-fp16",
+            summary="TensorRT-ready fp16 graph; engine built on the GPU with `optimize build`",
+            runtime="tensorrt",
+            precision="fp16",
+            passes=_pending("issue 6"),
+            tolerances=_fp32_tolerances,
+            pending="issue 6",
+        ),
+        Target(
+            name="trt-int8",
+            summary="TensorRT-ready explicit int8 Q/DQ graph; engine built with `optimize build`",
+            runtime="tensorrt",
+            precision="int8",
+            passes=_pending("issue 6"),
+            tolerances=_fp32_tolerances,
+            pending="issue 6",
+        ),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    """The named target, or an InputError that suggests the nearest name."""
+    if name in TARGETS:
+        target = TARGETS[name]
+        if target.pending:
+            raise InputError(
+                f"target {name} is not implemented yet ({target.pending})",
+                "run `optimize targets` to see what is available; use --target ort-fp32 for now",
+            )
+        return target
+    nearest = difflib.get_close_matches(name, list(TARGETS), n=1, cutoff=0.4)
+    hint = f"did you mean {nearest[0]}?" if nearest else "run `optimize targets` for the list"
+    raise InputError(f"unknown target {name!r}", f"{hint} (targets: {', '.join(TARGETS)})")
