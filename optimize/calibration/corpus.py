@@ -86,18 +86,19 @@ def read_text_lines(path: Path) -> Iterator[str]:
         raise InputError(f"text file {path} does not exist", "check the path given to --calibration")
     if path.is_dir():
         raise InputError(f"text file {path} is a folder", "pass a UTF-8 text file with one text per line")
-    line_number = 0
     try:
-        with open(path, encoding="utf-8", errors="strict") as handle:
-            for line_number, line in enumerate(handle, start=1):  # noqa: B007
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(
+                        f"text file {path} is not valid UTF-8 (line {line_number}, byte {exc.start})",
+                        "convert it with `iconv -f LATIN1 -t UTF-8` or pass another file",
+                    ) from exc
                 text = " ".join(line.split())
                 if text:
                     yield text
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"text file {path} is not valid UTF-8 (line {line_number + 1}, byte {exc.start})",
-            "convert it with `iconv -f LATIN1 -t UTF-8` or pass another file",
-        ) from exc
     except OSError as exc:
         raise InputError(f"cannot read text file {path}: {exc.strerror}", "check its permissions") from exc
 
@@ -118,6 +119,14 @@ def calibration_texts(path: Path | None, count: int) -> list[str]:
     return take_texts(source, count, "calibration", path)
 
 
+@lru_cache(maxsize=1)
+def held_out_texts() -> tuple[str, ...]:
+    """Held-out texts, minus any that also occur in the calibration part (a sentence repeated
+    in two paragraphs of the docs would otherwise be in both)."""
+    calibration = set(mixed_lengths(calibration_paragraphs()))
+    return tuple(t for t in mixed_lengths(held_out_paragraphs()) if t not in calibration)
+
+
 def parity_texts(path: Path | None, count: int) -> list[str]:
-    source = read_text_lines(path) if path else iter(mixed_lengths(held_out_paragraphs()))
+    source = read_text_lines(path) if path else iter(held_out_texts())
     return take_texts(source, count, "parity", path)

@@ -16,6 +16,20 @@ from optimize.passes.base import OptimizePass, initializer_bytes
 FOLD_LIMIT_ELEMENTS = 64 * 1024 * 1024
 
 
+def make_initializers_contiguous(model: ir.Model) -> int:
+    """Constant folding can leave numpy views (a folded Transpose) as initializers, which
+    onnx_ir's hashing deduplication rejects ("ndarray is not C-contiguous"); copy them."""
+    import numpy as np
+
+    fixed = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.Tensor) and isinstance(tensor.raw, np.ndarray) and not tensor.raw.flags.c_contiguous:
+            value.const_value = ir.Tensor(np.ascontiguousarray(tensor.raw), name=tensor.name)
+            fixed += 1
+    return fixed
+
+
 class CleanupPass(OptimizePass):
     name = "cleanup"
 
@@ -35,6 +49,7 @@ class CleanupPass(OptimizePass):
             input_size_limit=self.fold_limit_elements,
             output_size_limit=self.fold_limit_elements,
         )
+        make_initializers_contiguous(model)
         ir.passes.Sequential(
             common.IdentityEliminationPass(),
             common.CommonSubexpressionEliminationPass(),

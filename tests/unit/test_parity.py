@@ -1,0 +1,87 @@
+"""The comparator on outputs we control exactly (the runners here are ours, not a library's)."""
+
+import numpy as np
+import pytest
+
+from optimize.config import Tolerances
+from optimize.parity import compare, mean_pool
+from optimize.runtimes.base import Runner
+
+
+class ArrayRunner(Runner):
+    """Returns a fixed function of the feeds: the reference, or a perturbed candidate."""
+
+    def __init__(self, fn, output="last_hidden_state"):
+        super().__init__()
+        self.fn, self.output = fn, output
+
+    input_names = ("input_ids", "attention_mask")
+    output_names = ("last_hidden_state",)
+
+    def _infer(self, feeds):
+        return {self.output: self.fn(feeds)}
+
+
+def _batches(n_batches=3, batch=4, seq=6):
+    rng = np.random.default_rng(0)
+    for _ in range(n_batches):
+        mask = np.ones((batch, seq), np.int64)
+        mask[0, 3:] = 0
+        yield {"input_ids": rng.integers(0, 50, (batch, seq)), "attention_mask": mask}
+
+
+def _hidden(feeds):
+    ids = feeds["input_ids"].astype(np.float32)
+    return np.stack([np.sin(ids * k) for k in range(1, 9)], axis=-1)
+
+
+def test_identical_outputs_pass_every_tolerance():
+    report = compare(ArrayRunner(_hidden), ArrayRunner(_hidden), _batches(), task="feature-extraction",
+                     output="last_hidden_state", tolerances=Tolerances())
+    assert report.ok and report.samples == 12
+    assert report.cosine_min == pytest.approx(1.0) and report.neighbour_agreement == 1.0
+    assert report.max_abs_error == 0.0
+
+
+def test_padding_positions_do_not_count():
+    def garbage_in_padding(feeds):
+        out = _hidden(feeds)
+        out[feeds["attention_mask"] == 0] = 1e6
+        return out
+
+    report = compare(ArrayRunner(_hidden), ArrayRunner(garbage_in_padding), _batches(), task="feature-extraction",
+                     output="last_hidden_state", tolerances=Tolerances())
+    assert report.ok
+
+
+def test_perturbed_candidate_fails_with_named_metrics():
+    noisy = lambda feeds: _hidden(feeds) + np.random.default_rng(1).normal(0, 0.3, _hidden(feeds).shape)  # noqa: E731
+    report = compare(ArrayRunner(_hidden), ArrayRunner(noisy), _batches(), task="feature-extraction",
+                     output="last_hidden_state", tolerances=Tolerances(max_abs_error=0.01))
+    assert not report.ok
+    assert any(f.startswith("cosine min") for f in report.failures)
+    assert any(f.startswith("max abs error") for f in report.failures)
+
+
+def test_nan_always_fails():
+    def with_nan(feeds):
+        out = _hidden(feeds)
+        out[0, 0, 0] = np.nan
+        return out
+
+    report = compare(ArrayRunner(_hidden), ArrayRunner(with_nan), _batches(), task="feature-extraction",
+                     output="last_hidden_state", tolerances=Tolerances(cosine_mean=0, cosine_min=0, neighbour_agreement=0))
+    assert report.nonfinite == 3 and not report.ok
+
+
+def test_classification_label_agreement():
+    logits = lambda feeds: np.stack([feeds["input_ids"].sum(1), -feeds["input_ids"].sum(1)], 1).astype(float)  # noqa: E731
+    flipped = lambda feeds: -logits(feeds)  # noqa: E731
+    report = compare(ArrayRunner(logits, "logits"), ArrayRunner(flipped, "logits"), _batches(), task="text-classification",
+                     output="logits", tolerances=Tolerances(cosine_mean=-1, cosine_min=-1))
+    assert report.label_agreement == 0.0 and not report.ok
+
+
+def test_mean_pool_ignores_padding():
+    hidden = np.array([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    assert mean_pool(hidden, np.array([[1, 1, 0]])).tolist() == [[2.0, 2.0]]
