@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # piped or captured: tables keep their columns instead of folding at 80
+    out = Console(highlight=False, soft_wrap=True, width=160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -148,6 +150,76 @@ def inspect(
 
     for line in describe(path):
         out.print(line, markup=False)
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", f"pass e.g. {flag} 1,8,32") from None
+    if not values or any(v < 1 for v in values):
+        raise InputError(f"{flag} values must be positive integers, got {text!r}", f"pass e.g. {flag} 1,8,32")
+    return values
+
+
+@app.command()
+def bench(
+    bundles: Annotated[Optional[list[Path]], typer.Argument(help="Bundle folders to time side by side.")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
+    seq: Annotated[str, typer.Option("--seq", help="Sequence lengths, comma-separated.")] = "128",
+    threads: Annotated[int, typer.Option(help="Threads per engine (0: one per physical core).")] = 0,
+    baseline: Annotated[str, typer.Option(help="Baselines: torch, ort-default, or none.")] = "torch",
+    real_length: Annotated[bool, typer.Option("--real-length", help="Real sentences at natural length, padded only to the longest in each batch.")] = False,
+    rounds: Annotated[int, typer.Option(help="Rounds of alternating blocks.")] = 7,
+    block_runs: Annotated[int, typer.Option("--block-runs", help="Runs per block (the first 3 are dropped).")] = 12,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md and bench.png.")] = Path("bench-out"),
+    merge_files: Annotated[Optional[list[Path]], typer.Option("--merge", help="Merge result JSONs from several machines into one table.")] = None,
+) -> None:
+    """Time bundles against PyTorch and ONNX Runtime's defaults: p50/p90/p99, throughput, memory, size."""
+    from optimize.bench import report
+
+    if merge_files:
+        results = [report.load_result(p) for p in [*merge_files, *(bundles or [])]]
+        out.print(report.merge(results), markup=False)
+        return
+    from optimize.bench.run import run_bench
+    from optimize.config import BenchConfig
+
+    if rounds < 1 or block_runs < 4:
+        raise InputError("--rounds must be at least 1 and --block-runs at least 4", "pass e.g. --rounds 7 --block-runs 12")
+    cfg = BenchConfig(
+        batches=_int_list(batch, "--batch"),
+        seq_lens=_int_list(seq, "--seq"),
+        threads=threads,
+        baselines=tuple(b.strip() for b in baseline.split(",") if b.strip()),
+        real_length=real_length,
+        rounds=rounds,
+        block_runs=block_runs,
+    )
+    cells = len(cfg.batches) * len(cfg.seq_lens)
+    written: dict[str, Path] = {}
+    partial: dict = {}
+
+    def save(result) -> None:  # noqa: ANN001 - after every finished cell: an interrupted run keeps them
+        partial["result"] = result.as_dict()
+        written.update(report.write_all(partial["result"], out_dir))
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), *Progress.get_default_columns()[1:], console=err, transient=True, disable=not err.is_terminal)
+    try:
+        with progress:
+            task = progress.add_task("benchmarking", total=cells * cfg.rounds)
+            result = run_bench(list(bundles or []), cfg, on_cell=save, on_round=lambda _: progress.advance(task))
+    except (KeyboardInterrupt, Interrupted):
+        if partial:
+            kept = len(partial["result"]["cells"])
+            raise Interrupted(f"interrupted; {kept} finished measurements kept in {written['json']}") from None
+        raise
+    data = result.as_dict()
+    written.update(report.write_all(data, out_dir))
+    out.print(report.terminal_table(data))
+    for note in data["notes"]:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"wrote {written['json']}, {written['markdown']}, {written['png']}", markup=False)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

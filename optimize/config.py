@@ -125,3 +125,18 @@ class ExportJob:
     quant: QuantConfig = field(default_factory=QuantConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``optimize bench`` measures and how."""
+
+    batches: tuple[int, ...] = (1,)
+    seq_lens: tuple[int, ...] = (128,)
+    threads: int = 0  # 0: one per physical core
+    baselines: tuple[str, ...] = ("torch",)
+    real_length: bool = False
+    real_length_texts: int = 256
+    rounds: int = 7
+    block_runs: int = 12
+    dropped_per_block: int = 3
