@@ -77,8 +77,14 @@ def export(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at.")] = 128,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: CPython's pydoc topics).")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Calibration texts to use.")] = 512,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="INT8 activation ranges: minmax, percentile or entropy.")] = "minmax",
+    min_cosine: Annotated[float, typer.Option("--min-cosine", help="INT8 accuracy budget: mean cosine against fp32 to keep (held-out text).")] = 0.99,
+    min_cosine_floor: Annotated[float, typer.Option("--min-cosine-floor", help="INT8 budget: the worst text's cosine to keep.")] = 0.97,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="INT8 budget: top-1 neighbour (or label) agreement to keep.")] = 0.95,
+    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1]; 0 turns migration off.")] = 0.5,
+    keep_fp32: Annotated[str, typer.Option("--keep-fp32", help="Comma-separated layers to keep fp32, as labelled by `inspect` (L0.ffn_out).")] = "",
     parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
-    parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 96,
+    parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 256,
     threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time the artifact side by side with PyTorch.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
@@ -86,7 +92,7 @@ def export(
 ) -> None:
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
     from optimize.api import export_model
-    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, ParityConfig, QuantConfig, SpeedCheckConfig
 
     if output is None:
         raise InputError("no output folder given", "pass --output DIR")
@@ -94,6 +100,17 @@ def export(
         raise InputError(f"--threads must be at least 1, got {threads}", "pass --threads 2, say")
     if seq_len < 8:
         raise InputError(f"--seq-len must be at least 8, got {seq_len}", "pass --seq-len 128, say")
+    from optimize.calibration.ranges import METHODS
+
+    if calibration_method not in METHODS:
+        raise InputError(f"unknown calibration method {calibration_method!r}", f"choose one of: {', '.join(METHODS)}")
+    for flag, value in (("--min-cosine", min_cosine), ("--min-cosine-floor", min_cosine_floor), ("--min-agreement", min_agreement)):
+        if not 0.0 < value <= 1.0:
+            raise InputError(f"{flag} must be in (0, 1], got {value}", f"pass e.g. {flag} 0.99")
+    if not 0.0 <= smooth_alpha <= 1.0:
+        raise InputError(f"--smooth-alpha must be in [0, 1], got {smooth_alpha}", "pass e.g. --smooth-alpha 0.5, or 0 to turn migration off")
+    if calibration_size < 1:
+        raise InputError(f"--calibration-size must be at least 1, got {calibration_size}", "pass e.g. --calibration-size 512")
     if calibration is not None:  # validated up front even where the target does not calibrate
         from optimize.calibration.corpus import calibration_texts
 
@@ -107,16 +124,23 @@ def export(
         calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len),
         parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len),
         speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len)),
+        quant=QuantConfig(
+            method=calibration_method,
+            min_cosine=min_cosine,
+            min_cosine_floor=min_cosine_floor,
+            min_agreement=min_agreement,
+            smooth_alpha=smooth_alpha or None,
+            keep_fp32=tuple(x.strip() for x in keep_fp32.split(",") if x.strip()),
+        ),
         seed=seed,
     )
     with _progress() as progress:
         outcome = export_model(job, RichReporter(progress))
     manifest = outcome.manifest
     files = manifest["files"]
-    passes = " -> ".join(
-        p["name"] + (f" ({', '.join(f'{k} {v}' for k, v in p['stats']['fusions'].items())})" if p["stats"].get("fusions") else "")
-        for p in manifest["passes"]["passes"]
-    )
+    from optimize.inspection import pass_summary
+
+    passes = " -> ".join(pass_summary(p) for p in manifest["passes"]["passes"])
     probes = " ".join(f"({p['batch']},{p['sequence']})" for p in manifest["export"]["dynamic_probes"])
     out.print(f"export: {manifest['export']['strategy']}, opset {manifest['export']['opset']}, dynamic axes proven at {probes}")
     out.print(f"passes: {passes}")

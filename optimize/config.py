@@ -71,8 +71,9 @@ class CalibrationConfig:
 class ParityConfig:
     """The held-out text used to compare artifact and reference."""
 
-    path: Path | None = None  # None: the held-out half of pydoc topics, never used for calibration
-    size: int = 96
+    path: Path | None = None  # None: the held-out part of pydoc topics, never used for calibration
+    #: neighbour agreement is a coarse statistic: a few hundred texts keep one flip from deciding it.
+    size: int = 256
     batch_size: int = 16
     seq_len: int = 128
 
@@ -92,13 +93,19 @@ class SpeedCheckConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Static INT8 quantization options (issue 3)."""
+    """Static INT8 quantization options."""
 
     method: str = "minmax"  # minmax | percentile | entropy
-    symmetric_activations: bool = False
-    per_channel: bool = True
+    symmetric_activations: bool = False  # int8 zero-point-0 activations (TensorRT) instead of uint8
+    #: the accuracy budget: mean and minimum cosine against fp32 the artifact must keep.
     min_cosine: float = 0.99
-    smooth_alpha: float | None = 0.5  # None: no SmoothQuant-style migration
+    min_cosine_floor: float = 0.97
+    #: top-1 neighbour agreement (features) or label agreement (classifiers) to keep.
+    min_agreement: float = 0.95
+    #: SmoothQuant migration strength; None: no outlier migration.
+    smooth_alpha: float | None = 0.5
+    #: a layer listed here by label (L0.ffn_out) or node name stays fp32.
+    keep_fp32: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,43 @@ def graph_lines(model: ir.Model) -> list[str]:
     return lines
 
 
+def pass_summary(record: dict[str, Any]) -> str:
+    """A pass and the gist of what it did, for one-line listings."""
+    stats = record.get("stats", {})
+    name = record["name"]
+    if stats.get("fusions"):
+        return f"{name} ({', '.join(f'{k} {v}' for k, v in stats['fusions'].items())})"
+    if "int8_layers" in stats and "layers" in stats:
+        kept = [layer["layer"] for layer in stats["layers"] if layer["choice"] == "fp32"]
+        extra = f": {', '.join(kept)} fp32" if kept else ""
+        return f"{name} ({stats['int8_layers']} of {len(stats['layers'])} linear layers int8{extra})"
+    if stats.get("tables"):
+        return f"{name} ({len(stats['tables'])} tables, {stats['bytes_saved'] / 1e6:.0f} MB saved)"
+    if stats.get("converted"):
+        return f"{name} ({stats['converted']} converted)"
+    return name
+
+
+def sensitivity_lines(stats: dict[str, Any]) -> list[str]:
+    """The int8 pass's per-layer table: each layer alone in int8 (mean/min cosine), and the choice."""
+    lines = [
+        f"  int8 sensitivity ({stats.get('method')} ranges, {stats.get('activations')} activations, "
+        f"{stats.get('calibration_texts')} calibration texts, {stats.get('held_back_texts')} held back):",
+        f"    {'layer':14s} {'alone int8':>19s} {'+smooth':>19s} {'+split':>19s}  choice",
+    ]
+    for layer in stats.get("layers", []):
+        cells = []
+        for variant in ("int8", "int8+smooth", "int8+split"):
+            score = layer["alone"].get(variant)
+            cells.append(f"{score[0]:.6f}/{score[1]:.6f}" if score else "-")
+        why = f"  ({layer['why']})" if layer.get("why") else ""
+        lines.append(f"    {layer['layer']:14s} {cells[0]:>19s} {cells[1]:>19s} {cells[2]:>19s}  {layer['choice']}{why}")
+    final = stats.get("held_back_final")
+    if final:
+        lines.append(f"  held back: all int8 plain {stats.get('held_back_all_int8_plain')}, best variants {stats.get('held_back_all_int8_chosen')}, final {final}")
+    return lines
+
+
 def _manifest_lines(manifest: dict[str, Any]) -> list[str]:
     source = manifest.get("source", {})
     lines = [
@@ -47,8 +84,11 @@ def _manifest_lines(manifest: dict[str, Any]) -> list[str]:
     if passes:
         lines.append("passes: " + " -> ".join(p["name"] for p in passes))
         for p in passes:
-            stats = ", ".join(f"{k} {v}" for k, v in p.get("stats", {}).items() if v not in ({}, [], None))
-            lines.append(f"  {p['name']}: nodes {p['nodes'][0]} -> {p['nodes'][1]}" + (f"; {stats}" if stats else ""))
+            simple = {k: v for k, v in p.get("stats", {}).items() if v not in ({}, [], None) and not isinstance(v, (list, dict))}
+            stats = ", ".join(f"{k} {v}" for k, v in simple.items())
+            lines.append(f"  {pass_summary(p)}: nodes {p['nodes'][0]} -> {p['nodes'][1]}" + (f"; {stats}" if stats else ""))
+            if "layers" in p.get("stats", {}):
+                lines.extend(sensitivity_lines(p["stats"]))
     parity = manifest.get("parity")
     if parity:
         bits = [f"cosine mean {parity['cosine_mean']:.6f} min {parity['cosine_min']:.6f}"]

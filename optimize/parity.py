@@ -57,6 +57,27 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (hidden.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
 
 
+def similarity_scores(
+    reference: list[np.ndarray], candidate: list[np.ndarray], masks: list[np.ndarray | None], task: str
+) -> tuple[float, float, float | None]:
+    """(mean cosine, min cosine, agreement) over texts; agreement is top-1 neighbour
+    agreement for features, label agreement for logits (None with fewer than 3 texts)."""
+
+    def rows(outputs: list[np.ndarray]) -> np.ndarray:
+        if task == "feature-extraction":
+            return np.concatenate([mean_pool(o, m if m is not None else np.ones(o.shape[:2])) for o, m in zip(outputs, masks)])
+        return np.concatenate([o.astype(np.float64) for o in outputs])
+
+    want, got = rows(reference), rows(candidate)
+    got = np.where(np.isfinite(got), got, 0.0)
+    cosines = _cosines(want, got)
+    if task == "feature-extraction":
+        agreement = float(np.mean(_nearest_neighbours(want) == _nearest_neighbours(got))) if len(want) > 2 else None
+    else:
+        agreement = float(np.mean(want.argmax(axis=1) == got.argmax(axis=1)))
+    return float(cosines.mean()), float(cosines.min()), agreement
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)

@@ -1,0 +1,42 @@
+"""Calibration text for a model: the part statistics are collected on, and a held-back part.
+
+The held-back part steers decisions (sensitivity, the accuracy budget) without being the
+text statistics came from, and neither part is ever the parity text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from optimize.calibration.batches import token_batches
+from optimize.calibration.corpus import calibration_texts
+from optimize.config import CalibrationConfig
+from optimize.runtimes.base import Feeds
+
+HELD_BACK = 96
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    tokenizer: object
+    input_names: tuple[str, ...]
+    cfg: CalibrationConfig
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        texts = calibration_texts(self.cfg.path, self.cfg.size + HELD_BACK)
+        held = min(HELD_BACK, max(1, len(texts) // 4)) if len(texts) > 1 else 0
+        return (texts[:-held] if held else texts), (texts[-held:] if held else texts)
+
+    def batches(self) -> Iterator[Feeds]:
+        """Statistics batches, tokenized lazily one at a time."""
+        stats_texts, _ = self._split()
+        return token_batches(self.tokenizer, stats_texts, self.input_names, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
+
+    def held_back(self) -> list[Feeds]:
+        _, held = self._split()
+        return list(token_batches(self.tokenizer, held, self.input_names, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len))
+
+    def counts(self) -> tuple[int, int]:
+        stats_texts, held = self._split()
+        return len(stats_texts), len(held)

@@ -1,0 +1,208 @@
+"""Static INT8 with streamed calibration, outlier migration and an accuracy budget.
+
+1. find the linear layers (passes targets to quantization/targets.py);
+2. stream the calibration text through the fp32 graph, keeping statistics only;
+3. SmoothQuant factors per layer from per-channel activation and weight maxima, and a
+   second streamed pass for the statistics of the migrated activations;
+4. the budget search (quantization/search.py) on held-back calibration text;
+5. emit the chosen layers as ONNX Runtime int8 ops or as symmetric Q/DQ for TensorRT.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx_ir as ir
+
+from optimize.calibration.ranges import QuantParams, quant_params, value_range
+from optimize.calibration.source import CalibrationSource
+from optimize.calibration.stats import StatsReport, collect
+from optimize.config import QuantConfig, SessionConfig
+from optimize.errors import InputError, PassError
+from optimize.passes.base import OptimizePass
+from optimize.quantization.emit import Decision, emit
+
+#: placeholder parameters for decisions built only to compute their input transform.
+_UNSET = QuantParams(1.0, 0, False)
+from optimize.quantization.search import Budget, Evaluator, search
+from optimize.quantization.targets import LinearTarget, find_targets
+
+#: held-back text is not the parity text: aim a little above the budget on it.
+HELD_BACK_MARGIN_MEAN = 0.002
+HELD_BACK_MARGIN_MIN = 0.005
+HELD_BACK_MARGIN_AGREEMENT = 0.01
+
+
+#: a channel whose absolute maximum passes this multiple of the median channel's is an outlier.
+OUTLIER_RATIO = 6.0
+
+
+def outlier_channels(channel_absmax: np.ndarray) -> np.ndarray | None:
+    """The few channels (at most 1 in 128) that dwarf the rest; None when there are none."""
+    threshold = OUTLIER_RATIO * float(np.median(channel_absmax))
+    order = np.argsort(channel_absmax)[::-1][: max(1, channel_absmax.shape[0] // 128)]
+    picked = np.sort(order[channel_absmax[order] > threshold])
+    return picked.astype(np.int64) if picked.size else None
+
+
+def smoothing_factor(activation_absmax: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant: s_j = max|X_j|^alpha / max|W_j|^(1-alpha), bounded to keep both sides sane."""
+    weight_absmax = np.abs(weight).max(axis=1)
+    s = np.power(np.maximum(activation_absmax, 1e-5), alpha) / np.power(np.maximum(weight_absmax, 1e-5), 1.0 - alpha)
+    return np.clip(s, 1e-2, 1e2).astype(np.float32)
+
+
+def _unsupported(model: ir.Model, targets: list[LinearTarget], style: str, keep: tuple[str, ...]) -> dict[str, str]:
+    nodes = {n.name: n for n in model.graph}
+    reasons: dict[str, str] = {}
+    for target in targets:
+        if target.label in keep or target.node in keep:
+            reasons[target.node] = "kept fp32 on request (--keep-fp32)"
+        elif target.op == "Attention":
+            inputs = list(nodes[target.node].inputs) + [None] * 6
+            if style != "ort":
+                reasons[target.node] = "no int8 kernel for a fused Attention in Q/DQ form"
+            elif inputs[5] is not None or inputs[3] is None:
+                reasons[target.node] = "QAttention takes only a 2-D mask_index and this Attention has an additive bias"
+    return reasons
+
+
+class Int8Pass(OptimizePass):
+    name = "int8"
+
+    def __init__(
+        self,
+        quant: QuantConfig,
+        source: CalibrationSource,
+        *,
+        task: str,
+        output: str,
+        style: str = "ort",
+        session: SessionConfig = SessionConfig(),
+    ) -> None:
+        super().__init__()
+        self.quant, self.source, self.task, self.output, self.style, self.session = quant, source, task, output, style, session
+
+    def _statistics(self, model: ir.Model, names: list[str]) -> StatsReport:
+        report = collect(model, names, self.source.batches(), self.session)
+        if report.texts == 0:
+            raise InputError("the calibration text produced no batches", "pass --calibration FILE with some text")
+        bad = [s.name for s in report.tensors.values() if s.nonfinite]
+        if bad:
+            raise PassError(f"calibration saw NaN or Inf in {len(bad)} activations (first: {bad[0]})", "check the fp32 model on this text")
+        return report
+
+    def run(self, model: ir.Model) -> bool:
+        started = time.perf_counter()
+        targets = find_targets(model)
+        if not targets:
+            self.stats = {"int8_layers": 0, "reason": "no linear layer with a constant weight"}
+            return False
+        base = ir.to_proto(model).SerializeToString()
+        activations = list(dict.fromkeys(t.activation for t in targets))
+        plain_stats = self._statistics(model, activations)
+        calibration_seconds = time.perf_counter() - started
+
+        nodes = {n.name: n for n in model.graph}
+        decisions: dict[str, dict[str, Decision]] = {}
+        report = plain_stats
+        probes: dict[tuple[str, str], np.ndarray] = {}  # (node, variant) -> input transform to observe
+        shapes: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        for t in targets:
+            channel = plain_stats.tensors[t.activation].channel_absmax
+            smooth = outliers = None
+            if channel is not None and channel.shape[0] == t.in_features:
+                if self.quant.smooth_alpha is not None:
+                    weight = nodes[t.node].inputs[1].const_value.numpy()  # type: ignore[union-attr]
+                    smooth = smoothing_factor(channel, weight, self.quant.smooth_alpha)
+                if t.op == "MatMul":  # QAttention cannot take an fp32 side product
+                    outliers = outlier_channels(channel)
+            shapes[t.node] = (smooth, outliers)
+            if smooth is not None:
+                probes[(t.node, "int8+smooth")] = Decision(t, _UNSET, smooth=smooth).input_transform()  # type: ignore[assignment]
+            if outliers is not None:
+                probes[(t.node, "int8+split")] = Decision(t, _UNSET, outliers=outliers).input_transform()  # type: ignore[assignment]
+        observed: dict[tuple[str, str], str] = {}
+        if probes:
+            probe = ir.from_proto(ir.to_proto(model))
+            observed = _insert_probes(probe, probes)
+            extra = self._statistics(probe, list(observed.values()))
+            report = StatsReport({**plain_stats.tensors, **extra.tensors}, plain_stats.batches, plain_stats.texts)
+        calibration_seconds = time.perf_counter() - started
+
+        def params(name: str) -> QuantParams:
+            low, high = value_range(report.tensors[name], self.quant.method)
+            return quant_params(low, high, self.quant.symmetric_activations)
+
+        for t in targets:
+            smooth, outliers = shapes[t.node]
+            options = {"int8": Decision(t, params(t.activation))}
+            if (t.node, "int8+smooth") in observed:
+                options["int8+smooth"] = Decision(t, params(observed[(t.node, "int8+smooth")]), smooth=smooth)
+            if (t.node, "int8+split") in observed:
+                options["int8+split"] = Decision(t, params(observed[(t.node, "int8+split")]), outliers=outliers)
+            decisions[t.node] = options
+
+        held_back = self.source.held_back()
+        evaluator = Evaluator(base, held_back, self.task, self.output, self.session)
+        budget = Budget(
+            self.quant.min_cosine + HELD_BACK_MARGIN_MEAN,
+            self.quant.min_cosine_floor + HELD_BACK_MARGIN_MIN,
+            self.quant.min_agreement + HELD_BACK_MARGIN_AGREEMENT,
+        )
+        unsupported = _unsupported(model, targets, self.style, self.quant.keep_fp32)
+        plan = search(base, targets, decisions, evaluator, budget, self.style, unsupported)
+        emit(model, plan.decisions, self.style)
+
+        stats_texts, held_texts = self.source.counts()
+        self.stats = {
+            "style": self.style,
+            "method": self.quant.method,
+            "activations": "int8 symmetric" if self.quant.symmetric_activations else "uint8 asymmetric",
+            "weights": "int8 symmetric per output channel",
+            "smooth_alpha": self.quant.smooth_alpha,
+            "calibration_texts": stats_texts,
+            "calibration_batches": report.batches,
+            "held_back_texts": held_texts,
+            "calibration_seconds": round(calibration_seconds, 1),
+            "search_seconds": round(plan.seconds, 1),
+            "evaluations": plan.evaluations,
+            "budget_held_back": [round(budget.cosine_mean, 4), round(budget.cosine_min, 4), round(budget.agreement, 4)],
+            "held_back_all_int8_plain": _score(plan.all_int8_plain),
+            "held_back_all_int8_chosen": _score(plan.all_int8_chosen),
+            "held_back_final": _score(plan.final),
+            "int8_layers": len(plan.decisions),
+            "smoothed_layers": sum(1 for d in plan.decisions if d.smooth is not None),
+            "split_layers": sum(1 for d in plan.decisions if d.outliers is not None),
+            "fp32_layers": len(targets) - len(plan.decisions),
+            "layers": [layer.as_dict() for layer in plan.layers],
+            "notes": plan.notes,
+        }
+        return bool(plan.decisions)
+
+
+def _score(score) -> list[float | None] | None:  # noqa: ANN001
+    if score is None:
+        return None
+    agreement = round(score.agreement, 4) if score.agreement is not None else None
+    return [round(score.cosine_mean, 6), round(score.cosine_min, 6), agreement]
+
+
+def _insert_probes(model: ir.Model, probes: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str, str], str]:
+    """Add each variant's input transform beside its layer, as a side branch that is only
+    observed: the layers still read their true fp32 activations, so every statistic is of
+    the real activation transformed, not of an already perturbed graph."""
+    graph = model.graph
+    nodes = {n.name: n for n in graph}
+    names: dict[tuple[str, str], str] = {}
+    for (node_name, variant), factor in probes.items():
+        node = nodes[node_name]
+        tag = variant.replace("+", "_")
+        constant = ir.Value(name=f"{node_name}_{tag}_probe", const_value=ir.tensor(factor.astype(np.float32)))
+        graph.register_initializer(constant)
+        mul = ir.node("Mul", [node.inputs[0], constant], name=f"{node_name}_{tag}_probe_mul")
+        mul.outputs[0].name = f"{node_name}_{tag}_observed"
+        graph.insert_before(node, mul)
+        names[(node_name, variant)] = mul.outputs[0].name
+    return names

@@ -1,0 +1,205 @@
+"""Writing int8 decisions into the graph, in one of two forms.
+
+``ort``: what ONNX Runtime's CPU kernels run fastest: QuantizeLinear (uint8) feeding
+MatMulIntegerToFloat (bias folded in) and QAttention, weights int8 per output channel.
+``qdq``: standard ONNX QuantizeLinear/DequantizeLinear pairs around MatMul, weights stored
+int8 behind a per-channel DequantizeLinear: portable, and what TensorRT wants (with
+symmetric int8 activations, zero point 0).
+
+Two outlier techniques, both exact in real arithmetic:
+- migration (SmoothQuant): the activation is divided per channel by ``s`` (an explicit Mul,
+  cheap in ORT and TensorRT; ORT's per-axis QuantizeLinear is 75x slower than per-tensor on
+  CPU, measured) and the weight's rows are multiplied by ``s``;
+- decomposition (after LLM.int8()): the few outlier channels are zeroed before quantization
+  and their contribution ``x[..., O] @ W[O, :]`` is computed in fp32 beside the int8 product
+  (a Gather of |O| channels and a [tokens, |O|] x [|O|, N] MatMul), so one channel of 25
+  no longer sets the quantization step of 1,535 channels of 1.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from optimize.calibration.ranges import QuantParams, quantize_weight
+from optimize.quantization.targets import LinearTarget
+
+STYLES = ("ort", "qdq")
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: LinearTarget
+    params: QuantParams
+    smooth: np.ndarray | None = None  # per input channel; None: no migration
+    outliers: np.ndarray | None = None  # input channel indices computed in fp32; None: none
+
+    def input_transform(self) -> np.ndarray | None:
+        """What the activation is multiplied by before quantization (None: nothing)."""
+        if self.smooth is None and self.outliers is None:
+            return None
+        factor = (1.0 / self.smooth) if self.smooth is not None else np.ones(self.target.in_features)
+        factor = factor.astype(np.float32)
+        if self.outliers is not None:
+            factor[self.outliers] = 0.0
+        return factor
+
+
+class _Emitter:
+    def __init__(self, model: ir.Model, style: str) -> None:
+        if style not in STYLES:
+            raise ValueError(f"unknown emission style {style!r}")
+        self.model, self.graph, self.style = model, model.graph, style
+        self.nodes = {n.name: n for n in self.graph}
+        self.quantized_inputs: dict[tuple[str, float, int, bytes], ir.Value] = {}
+
+    def const(self, name: str, array: np.ndarray) -> ir.Value:
+        base, index = name, 1
+        while name in self.graph.initializers:
+            name, index = f"{base}_{index}", index + 1
+        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        self.graph.register_initializer(value)
+        return value
+
+    def add(self, op: str, inputs: list, before: ir.Node, *, domain: str = "", attributes: dict | None = None, name: str = "", outputs: int = 1) -> ir.Node:
+        node = ir.node(op, inputs, attributes=attributes or {}, domain=domain, name=name or None, num_outputs=outputs)
+        self.graph.insert_before(before, node)
+        return node
+
+    def quantized_activation(self, decision: Decision, node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(quantized input, scale, zero point), shared by linears that read the same tensor the same way."""
+        params, x = decision.params, node.inputs[0]
+        ort_style = self.style == "ort"
+        zero_point = params.zero_point + 128 if (ort_style and params.symmetric) else params.zero_point
+        dtype = np.uint8 if (ort_style or not params.symmetric) else np.int8
+        transform = decision.input_transform()
+        key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"")
+        if key in self.quantized_inputs:
+            cached = self.quantized_inputs[key]
+            return cached, *self._scale_zp_of(cached)
+        prefix = decision.target.node
+        if transform is not None:
+            factor = self.const(f"{prefix}_x_transform", transform)
+            x = self.add("Mul", [x, factor], node, name=f"{prefix}_x_transform").outputs[0]
+        scale = self.const(f"{prefix}_x_scale", np.array(params.scale, np.float32))
+        zp = self.const(f"{prefix}_x_zero_point", np.array(zero_point, dtype))
+        quantized = self.add("QuantizeLinear", [x, scale, zp], node, name=f"{prefix}_x_quantize").outputs[0]
+        self.quantized_inputs[key] = quantized
+        return quantized, scale, zp
+
+    @staticmethod
+    def _scale_zp_of(quantized: ir.Value) -> tuple[ir.Value, ir.Value]:
+        producer = quantized.producer()
+        assert producer is not None
+        return producer.inputs[1], producer.inputs[2]  # type: ignore[return-value]
+
+    def weight(self, decision: Decision, node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
+        array = node.inputs[1].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
+        if decision.smooth is not None:
+            array = array * decision.smooth.reshape(-1, 1).astype(np.float32)
+        if decision.outliers is not None:
+            array = array.copy()
+            array[decision.outliers, :] = 0.0  # those rows run in fp32 beside the int8 product
+        quantized, scales = quantize_weight(array, axis=1)
+        prefix = decision.target.node
+        return (
+            self.const(f"{prefix}_w_int8", quantized),
+            self.const(f"{prefix}_w_scale", scales),
+            self.const(f"{prefix}_w_zero_point", np.zeros(scales.shape, np.int8)),
+        )
+
+    @staticmethod
+    def _foldable_bias(node: ir.Node, width: int) -> ir.Node | None:
+        uses = list(node.outputs[0].uses())
+        if len(uses) != 1 or uses[0][0].op_type != "Add":
+            return None
+        add = uses[0][0]
+        other = add.inputs[1 - uses[0][1]]
+        if other is None or other.const_value is None or tuple(other.const_value.shape) != (width,):
+            return None
+        return add
+
+    def replace(self, old: ir.Node, new: ir.Node, last: ir.Node | None = None) -> None:
+        """``new`` takes over what ``last`` (default ``old``) produced; the replaced nodes go."""
+        last = last or old
+        value = last.outputs[0]
+        value.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
+        name, dtype, shape = value.name, value.dtype, value.shape
+        for dead in ([last, old] if last is not old else [old]):
+            self.graph.remove(dead, safe=True)  # safe: also drops its input uses, so dead weights show as unused
+        new.outputs[0].name, new.outputs[0].dtype, new.outputs[0].shape = name, dtype, shape
+
+    def emit(self, decision: Decision) -> None:
+        node = self.nodes[decision.target.node]
+        if self.style == "ort":
+            self._emit_ort(decision, node)
+        else:
+            self._emit_qdq(decision, node)
+
+    def _emit_ort(self, decision: Decision, node: ir.Node) -> None:
+        x_q, x_scale, x_zp = self.quantized_activation(decision, node)
+        w_q, w_scale, w_zp = self.weight(decision, node)
+        prefix = decision.target.node
+        if node.op_type == "Attention":
+            inputs = list(node.inputs) + [None] * 6
+            attributes = {k: v for k, v in node.attributes.items() if k != "qkv_hidden_sizes"}
+            new = self.add(
+                "QAttention",
+                [x_q, w_q, inputs[2], x_scale, w_scale, inputs[3], x_zp, w_zp],
+                node, domain="com.microsoft", attributes=attributes, name=f"{prefix}_int8",
+            )
+            self.replace(node, new)
+            return
+        bias_add = self._foldable_bias(node, decision.target.out_features)
+        inputs = [x_q, w_q, x_scale, w_scale, x_zp, w_zp]
+        if bias_add is not None:
+            inputs.append(next(v for v in bias_add.inputs if v is not None and v.const_value is not None))
+        new = self.add("MatMulIntegerToFloat", inputs, node, domain="com.microsoft", name=f"{prefix}_int8")
+        if decision.outliers is not None:
+            new = self.add("Add", [new.outputs[0], self.outlier_product(decision, node)], node, name=f"{prefix}_with_outliers")
+        self.replace(node, new, bias_add)
+
+    def outlier_product(self, decision: Decision, node: ir.Node) -> ir.Value:
+        """x[..., O] @ W[O, :] in fp32, from the unquantized activation and original weight rows."""
+        assert decision.outliers is not None
+        prefix = decision.target.node
+        weight = node.inputs[1].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
+        indices = self.const(f"{prefix}_outlier_channels", decision.outliers.astype(np.int64))
+        rows = self.const(f"{prefix}_outlier_weight", np.ascontiguousarray(weight[decision.outliers, :]))
+        picked = self.add("Gather", [node.inputs[0], indices], node, attributes={"axis": -1}, name=f"{prefix}_outlier_gather")
+        return self.add("MatMul", [picked.outputs[0], rows], node, name=f"{prefix}_outlier_matmul").outputs[0]
+
+    def _emit_qdq(self, decision: Decision, node: ir.Node) -> None:
+        x_q, x_scale, x_zp = self.quantized_activation(decision, node)
+        w_q, w_scale, w_zp = self.weight(decision, node)
+        prefix = decision.target.node
+        x_dq = self.add("DequantizeLinear", [x_q, x_scale, x_zp], node, name=f"{prefix}_x_dequantize").outputs[0]
+        w_dq = self.add(
+            "DequantizeLinear", [w_q, w_scale, w_zp], node, attributes={"axis": 1}, name=f"{prefix}_w_dequantize"
+        ).outputs[0]
+        outliers = self.outlier_product(decision, node) if decision.outliers is not None else None
+        node.replace_input_with(0, x_dq)
+        node.replace_input_with(1, w_dq)
+        if outliers is not None:
+            result = node.outputs[0]
+            total = ir.node("Add", [result, outliers], name=f"{prefix}_with_outliers")
+            self.graph.insert_after(node, total)
+            result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
+            total.replace_input_with(0, result)  # the line above redirected the Add's own input too
+            name = result.name
+            result.name = f"{name}_int8"
+            total.outputs[0].name, total.outputs[0].dtype, total.outputs[0].shape = name, result.dtype, result.shape
+
+
+def emit(model: ir.Model, decisions: list[Decision], style: str) -> None:
+    """Rewrite every decided linear layer; the fp32 weights they replace become dead."""
+    emitter = _Emitter(model, style)
+    for decision in decisions:
+        emitter.emit(decision)
+    if style == "ort":
+        model.opset_imports.setdefault("com.microsoft", 1)
+    for value in list(model.graph.initializers.values()):
+        if not value.uses() and value not in model.graph.outputs:
+            del model.graph.initializers[value.name]
