@@ -6,14 +6,15 @@ Runtime's own default path (``ort-default``: torch.onnx.export, default session,
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from optimize.bundle import Bundle
-from optimize.config import ExportConfig, SessionConfig
+import onnx_ir as ir
+
+from optimize.config import SessionConfig
 from optimize.errors import InputError
 from optimize.exporter.resolve import LoadedModel, resolve
 from optimize.runtimes.base import Feeds
@@ -78,20 +79,39 @@ def torch_engine(loaded: LoadedModel, threads: int) -> Engine:
     return Engine("pytorch", runner.infer, runner.input_names)
 
 
-def ort_default_engine(loaded: LoadedModel, threads: int) -> Engine:
-    """What ONNX Runtime gives with no help: a plain export in a default session."""
-    from optimize.exporter import export
+def _ort_engine(name: str, model: ir.Model, threads: int) -> Engine:
+    from optimize.passes.base import initializer_bytes
     from optimize.runtimes.ort import OrtRunner
 
-    exported = export(loaded, dataclasses.replace(ExportConfig(), dynamic_probe_shapes=((1, 4),)))
-    runner = OrtRunner(exported.model, SessionConfig(threads=threads))
+    runner = OrtRunner(model, SessionConfig(threads=threads))
     runner.activate()
-    return Engine("ort-default", runner.infer, runner.input_names)
+    return Engine(name, runner.infer, runner.input_names, initializer_bytes(model))
+
+
+def ort_default_engine(loaded: LoadedModel, threads: int) -> Engine:
+    """What ONNX Runtime gives with no help: a plain export in a default session."""
+    from optimize.bench.baselines import plain_export
+
+    return _ort_engine("ort-default", plain_export(loaded), threads)
+
+
+def ort_quantize_dynamic_engine(loaded: LoadedModel, threads: int) -> Engine:
+    from optimize.bench.baselines import quantize_dynamic_default
+
+    return _ort_engine("ort-quantize-dynamic", quantize_dynamic_default(loaded), threads)
+
+
+def ort_quantize_static_engine(loaded: LoadedModel, threads: int) -> Engine:
+    from optimize.bench.baselines import quantize_static_default
+
+    return _ort_engine("ort-quantize-static", quantize_static_default(loaded), threads)
 
 
 BASELINES: dict[str, Callable[[LoadedModel, int], Engine]] = {
     "torch": torch_engine,
     "ort-default": ort_default_engine,
+    "ort-quantize-dynamic": ort_quantize_dynamic_engine,
+    "ort-quantize-static": ort_quantize_static_engine,
 }
 
 

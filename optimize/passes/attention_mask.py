@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from optimize.passes.base import OptimizePass
+from optimize.passes.base import OptimizePass, adopt
 
 #: below this an additive bias drives a softmax weight to exactly 0 in float32.
 MASKED_BELOW = -1e4
@@ -97,8 +97,7 @@ class AttentionMaskIndexPass(OptimizePass):
             old = node.outputs[0]
             old.replace_all_uses_with(replacement.outputs[0])
             graph.remove(node, safe=True)
-            replacement.outputs[0].name = old.name
-            replacement.outputs[0].dtype, replacement.outputs[0].shape = old.dtype, old.shape
+            adopt(replacement.outputs[0], old)
         ir.passes.common.RemoveUnusedNodesPass()(model)
         self.stats = {"converted": len(attentions)}
         return True

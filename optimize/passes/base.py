@@ -48,3 +48,13 @@ def initializer_bytes(model: ir.Model) -> int:
         if value.const_value is not None:
             total += value.const_value.nbytes
     return total
+
+
+def adopt(new: ir.Value, old: ir.Value) -> None:
+    """``new`` takes ``old``'s name and whatever type and shape ``old`` declared, so names
+    downstream (graph outputs among them) stay stable after a node is replaced."""
+    new.name = old.name
+    if old.dtype is not None:
+        new.dtype = old.dtype
+    if old.shape is not None:
+        new.shape = old.shape

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from optimize.passes.base import OptimizePass
+from optimize.passes.base import OptimizePass, adopt
 
 #: tables smaller than this stay fp32 (position and token-type embeddings: a few hundred KB).
 MIN_ELEMENTS = 1 << 20
@@ -53,9 +53,8 @@ class EmbeddingInt8Pass(OptimizePass):
                 graph.insert_before(node, new)
             old = node.outputs[0]
             old.replace_all_uses_with(scaled.outputs[0], replace_graph_outputs=True)
-            name, dtype, shape = old.name, old.dtype, old.shape
             graph.remove(node, safe=True)
-            scaled.outputs[0].name, scaled.outputs[0].dtype, scaled.outputs[0].shape = name, dtype, shape
+            adopt(scaled.outputs[0], old)
             if not table.uses():
                 del graph.initializers[table.name]
             saved += array.nbytes - quantized.nbytes - scales.nbytes

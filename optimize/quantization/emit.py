@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimize.calibration.ranges import QuantParams, quantize_weight
+from optimize.passes.base import adopt
 from optimize.quantization.targets import LinearTarget
 
 STYLES = ("ort", "qdq")
@@ -59,7 +60,9 @@ class _Emitter:
         base, index = name, 1
         while name in self.graph.initializers:
             name, index = f"{base}_{index}", index + 1
-        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        # np.ascontiguousarray would turn a 0-d scale into shape [1]: per-axis, not per-tensor
+        array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
         self.graph.register_initializer(value)
         return value
 
@@ -126,10 +129,9 @@ class _Emitter:
         last = last or old
         value = last.outputs[0]
         value.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
-        name, dtype, shape = value.name, value.dtype, value.shape
         for dead in ([last, old] if last is not old else [old]):
             self.graph.remove(dead, safe=True)  # safe: also drops its input uses, so dead weights show as unused
-        new.outputs[0].name, new.outputs[0].dtype, new.outputs[0].shape = name, dtype, shape
+        adopt(new.outputs[0], value)
 
     def emit(self, decision: Decision) -> None:
         node = self.nodes[decision.target.node]
@@ -190,7 +192,8 @@ class _Emitter:
             total.replace_input_with(0, result)  # the line above redirected the Add's own input too
             name = result.name
             result.name = f"{name}_int8"
-            total.outputs[0].name, total.outputs[0].dtype, total.outputs[0].shape = name, result.dtype, result.shape
+            adopt(total.outputs[0], result)
+            total.outputs[0].name = name
 
 
 def emit(model: ir.Model, decisions: list[Decision], style: str) -> None:

@@ -1,0 +1,57 @@
+"""ort-int8 on tiny random BERTs: the pass runs, the budget is honoured, the manifest explains itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import pytest
+
+from optimize.api import export_model
+from optimize.config import CalibrationConfig, QuantConfig
+from optimize.errors import InputError, ParityError
+
+
+def _int8_job(quick_job, folder, out, **quant):
+    job = quick_job(str(folder), out, target="ort-int8")
+    return dataclasses.replace(job, calibration=CalibrationConfig(size=48, seq_len=64), quant=QuantConfig(**quant))
+
+
+@pytest.mark.parametrize("classification", [False, True])
+def test_int8_export_meets_its_budget(classification, tiny_model_dir, quick_job, tmp_path):
+    folder = tiny_model_dir("bert", classification=classification)
+    outcome = export_model(_int8_job(quick_job, folder, tmp_path / "out"))
+    assert outcome.parity.ok
+    assert outcome.parity.cosine_mean >= 0.99 and outcome.parity.cosine_min >= 0.97
+    int8 = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "int8")
+    stats = int8["stats"]
+    assert stats["int8_layers"] + stats["fp32_layers"] == 8  # 2 layers x (qkv, attn_out, ffn_in, ffn_out)
+    assert all(layer["alone"]["int8"] for layer in stats["layers"] if not layer["why"].startswith("kept fp32 on request"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    if stats["int8_layers"]:
+        assert ops & {"MatMulIntegerToFloat", "QAttention"}
+
+
+def test_keep_fp32_is_honoured_and_explained(tiny_model_dir, quick_job, tmp_path):
+    outcome = export_model(_int8_job(quick_job, tiny_model_dir("bert"), tmp_path / "out", keep_fp32=("L0.ffn_out",)))
+    layers = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "int8")["stats"]["layers"]
+    kept = next(layer for layer in layers if layer["layer"] == "L0.ffn_out")
+    assert kept["choice"] == "fp32" and "on request" in kept["why"]
+
+
+def test_an_unreachable_budget_is_an_error_and_writes_nothing(tiny_model_dir, quick_job, tmp_path):
+    # even all-fp32 linear layers keep the int8 embedding table's rounding: 1e-7 is out of reach
+    job = _int8_job(quick_job, tiny_model_dir("bert"), tmp_path / "out", min_cosine=0.9999999, min_cosine_floor=0.9999999)
+    with pytest.raises(ParityError, match="out of tolerance"):
+        export_model(job)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_empty_calibration_file_is_an_input_error(tiny_model_dir, quick_job, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    job = dataclasses.replace(_int8_job(quick_job, tiny_model_dir("bert"), tmp_path / "out"), calibration=CalibrationConfig(path=empty))
+    with pytest.raises(InputError, match="holds no text"):
+        export_model(job)
+    assert not (tmp_path / "out").exists()
