@@ -205,6 +205,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
 
     reporter = reporter or SilentReporter()
     target = get_target(job.target)
+    if target.preflight:
+        target.preflight(job)
     bundles.preflight(Path(job.output).absolute(), job.force)
 
     reporter.phase("loading the model")

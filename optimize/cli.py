@@ -83,6 +83,7 @@ def export(
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="INT8 budget: top-1 neighbour (or label) agreement to keep.")] = 0.95,
     smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1]; 0 turns migration off.")] = 0.5,
     keep_fp32: Annotated[str, typer.Option("--keep-fp32", help="Comma-separated layers to keep fp32, as labelled by `inspect` (L0.ffn_out).")] = "",
+    half: Annotated[str, typer.Option("--half", help="fp16 targets: float16, or bfloat16 where the runtime has bf16 kernels.")] = "float16",
     parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
     parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 256,
     threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
@@ -92,7 +93,7 @@ def export(
 ) -> None:
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
     from optimize.api import export_model
-    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, ParityConfig, QuantConfig, SpeedCheckConfig
+    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, HalfConfig, ParityConfig, QuantConfig, SpeedCheckConfig
 
     if output is None:
         raise InputError("no output folder given", "pass --output DIR")
@@ -132,6 +133,7 @@ def export(
             smooth_alpha=smooth_alpha or None,
             keep_fp32=tuple(x.strip() for x in keep_fp32.split(",") if x.strip()),
         ),
+        half=HalfConfig(dtype=half),
         seed=seed,
     )
     with _progress() as progress:

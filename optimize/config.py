@@ -109,6 +109,14 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class HalfConfig:
+    """Half-precision options for the fp16 targets."""
+
+    dtype: str = "float16"  # float16 | bfloat16
+    keep_normalization_fp32: bool = True
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning options (issue 5)."""
 
@@ -130,6 +138,7 @@ class ExportJob:
     parity: ParityConfig = field(default_factory=ParityConfig)
     speed: SpeedCheckConfig = field(default_factory=SpeedCheckConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    half: HalfConfig = field(default_factory=HalfConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
 

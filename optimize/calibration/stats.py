@@ -37,19 +37,28 @@ class TensorStats:
     hist: np.ndarray | None = None
     limit: float = 0.0
     nonfinite: int = 0
+    #: False: min/max only (cheap enough to watch every tensor of a graph at once).
+    histogram: bool = True
+    dtype: str = ""
 
     def update(self, values: np.ndarray) -> None:
         """Fold in a 2-D [tokens, channels] (or 1-D) array of real-token values."""
+        if not np.issubdtype(values.dtype, np.floating):
+            self.dtype = self.dtype or str(values.dtype)
+            return
         finite = np.isfinite(values)
         if not finite.all():
             self.nonfinite += int((~finite).sum())
             values = np.where(finite, values, 0.0)
         if values.size == 0:
             return
+        self.dtype = self.dtype or str(values.dtype)
         values = values.astype(np.float32, copy=False)
         self.count += values.size
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
+        if not self.histogram:
+            return
         if values.ndim >= 2:
             rows = values.reshape(-1, values.shape[-1])
             low, high = rows.min(axis=0), rows.max(axis=0)
@@ -102,7 +111,14 @@ def real_token_values(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray
     return values.reshape(-1, values.shape[-1]) if values.ndim >= 2 else values.reshape(-1)
 
 
-def collect(model: ir.Model, names: list[str], batches: Iterable[Feeds], session: SessionConfig = SessionConfig()) -> StatsReport:
+def collect(
+    model: ir.Model,
+    names: list[str],
+    batches: Iterable[Feeds],
+    session: SessionConfig = SessionConfig(),
+    *,
+    histogram: bool = True,
+) -> StatsReport:
     """Run the graph over the batches and accumulate statistics of the named values."""
     import onnxruntime as ort
 
@@ -111,7 +127,7 @@ def collect(model: ir.Model, names: list[str], batches: Iterable[Feeds], session
     options = session_options(session)
     sess = ort.InferenceSession(_with_outputs(model, names), options, providers=list(session.providers))
     inputs = [i.name for i in sess.get_inputs()]
-    report = StatsReport({name: TensorStats(name) for name in names})
+    report = StatsReport({name: TensorStats(name, histogram=histogram) for name in names})
     for feeds in batches:
         outputs = sess.run(names, {k: feeds[k] for k in inputs})
         mask = feeds.get("attention_mask")
