@@ -19,7 +19,7 @@ from optimize import bundle as bundles
 from optimize.bench.hardware import fingerprint, package_versions
 from optimize.calibration.batches import token_batches, tokenize
 from optimize.calibration.corpus import held_out_paragraphs, parity_texts
-from optimize.config import ExportJob, SessionConfig, SpeedCheckConfig
+from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig
 from optimize.errors import InputError, ParityError
 from optimize.exporter import ExportResult, LoadedModel, export, resolve
 from optimize.exporter.validate import check_graph
@@ -250,17 +250,125 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         )
 
     speed = None
-    if job.speed.enabled:
+    if job.speed.enabled and target.runtime == "tensorrt":
+        reporter.note("speed: not timed here; a TensorRT bundle is timed on its GPU with `optimize bench` after `optimize build`")
+    elif job.speed.enabled:
         reporter.phase("timing side by side with PyTorch")
         speed = measure_speed(loaded, model, session, job.speed)
 
     reporter.phase("writing the bundle")
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
     output = Path(job.output).absolute()
+    notes = list(loaded.notes)
     with bundles.staged(output, job.force) as staging:
         bundles.save_model(model, staging)
         loaded.tokenizer.save_pretrained(staging)
         loaded.module.config.to_json_file(staging / "config.json")
+        if target.runtime == "tensorrt":
+            manifest["tensorrt"] = tensorrt_section(model, loaded.input_names, job.engine)
+            reason = tensorrt_unavailable()
+            if reason is None:
+                reporter.phase("building the TensorRT engine")
+                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, parity_batches(loaded, job), job.engine)
+            else:
+                line = (
+                    f"engine not built: {reason}; copy {output} to the GPU machine, "
+                    f"`pip install 'optimize[tensorrt]'`, then run `optimize build {output}`"
+                )
+                manifest["tensorrt"]["engine_note"] = line
+                notes.append(line)
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
-    return ExportOutcome(output, target.name, final, parity, speed, list(loaded.notes))
+    return ExportOutcome(output, target.name, final, parity, speed, notes)
+
+
+def tensorrt_unavailable() -> str | None:
+    from optimize.runtimes.tensorrt import unavailable
+
+    return unavailable()
+
+
+def tensorrt_section(model: ir.Model, input_names: tuple[str, ...], engine: EngineConfig) -> dict[str, Any]:
+    """What a TensorRT build needs to know: profiles, which layers stay fp32, the parser checked."""
+    from optimize.passes.fp16 import NORMALIZATIONS
+    from optimize.passes.trt_ready import TENSORRT_VERSION
+    from optimize.runtimes.tensorrt import profile_shapes
+
+    return {
+        "parser_checked": TENSORRT_VERSION,
+        "profile": profile_shapes(list(input_names), engine),
+        "fp32_layers": [n.name for n in model.graph if n.op_type in NORMALIZATIONS],
+        "workspace_mib": engine.workspace_mib,
+        "engine": None,
+    }
+
+
+def build_engine_into(folder: Path, manifest: dict[str, Any], batches: list[Feeds], engine: EngineConfig) -> dict[str, Any]:
+    """Build engine.plan in ``folder`` (timing cache beside it) and compare it with ONNX Runtime."""
+    from optimize.runtimes.tensorrt import build_engine, compare_with_onnxruntime, info_dict
+
+    section = manifest["tensorrt"]
+    inputs = [i["name"] for i in manifest["io"]["inputs"]]
+    data, info = build_engine(
+        folder / bundles.MODEL_FILE, manifest["precision"], engine, inputs, section["fp32_layers"], folder / bundles.TIMING_CACHE_FILE
+    )
+    (folder / bundles.ENGINE_FILE).write_bytes(data)
+    tolerance = 5e-2 if manifest["precision"] == "int8" else 1e-2
+    comparison = compare_with_onnxruntime(folder / bundles.MODEL_FILE, data, batches, atol=tolerance, rtol=tolerance)
+    if not comparison["passed"]:
+        raise ParityError(
+            f"the TensorRT engine differs from ONNX Runtime beyond atol/rtol {tolerance} (Polygraphy comparator)",
+            "rebuild with a newer TensorRT or report the model; the engine was not kept",
+        )
+    return {**info_dict(info), "ort_comparison": comparison}
+
+
+def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """`optimize build`: add engine.plan to a TensorRT bundle, on the machine that will run it."""
+    import copy
+    import shutil
+
+    from optimize.config import ShapeRange
+    from optimize.runtimes.tensorrt import require
+    from optimize.untrusted import load_untrusted
+
+    reporter = reporter or SilentReporter()
+    bundle = bundles.read_bundle(path)
+    if bundle.manifest.get("runtime") != "tensorrt":
+        raise InputError(
+            f"bundle {path} is for target {bundle.target}, not a TensorRT target",
+            "export with --target trt-fp16 or --target trt-int8 to get a bundle `optimize build` can build",
+        )
+    load_untrusted(bundle.model_path)  # never hand an unchecked file to a parser
+    require()
+    if engine is None:
+        recorded = bundle.manifest["tensorrt"]["profile"]
+        first = next(iter(recorded.values()))
+        engine = EngineConfig(
+            batch=ShapeRange(first[0][0], first[1][0], first[2][0]),
+            sequence=ShapeRange(first[0][1], first[1][1], first[2][1]),
+            workspace_mib=int(bundle.manifest["tensorrt"].get("workspace_mib", 4096)),
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundle.path)
+    inputs = tuple(i["name"] for i in bundle.manifest["io"]["inputs"])
+    texts = list(dict.fromkeys(parity_texts(None, 64)))
+    batches = list(token_batches(tokenizer, texts, inputs, batch_size=min(16, engine.batch.maximum), seq_len=engine.sequence.maximum))
+    manifest = copy.deepcopy(bundle.manifest)
+    with bundles.staged(path, True) as staging:
+        for item in bundle.path.iterdir():
+            if item.is_file() and item.name not in (bundles.ENGINE_FILE, bundles.MANIFEST_FILE):
+                shutil.copy2(item, staging / item.name)
+        if (bundle.path / bundles.TIMING_CACHE_FILE).is_file():
+            shutil.copy2(bundle.path / bundles.TIMING_CACHE_FILE, staging / bundles.TIMING_CACHE_FILE)
+        reporter.phase("building the TensorRT engine")
+        from optimize.runtimes.tensorrt import profile_shapes
+
+        manifest["tensorrt"]["profile"] = profile_shapes(list(inputs), engine)
+        manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, batches, engine)
+        manifest["tensorrt"].pop("engine_note", None)
+        manifest["hardware_engine"] = fingerprint()
+        manifest = {k: v for k, v in manifest.items() if k not in ("format", "files")}
+        bundles.write_manifest(staging, manifest)
+    return json.loads((path / bundles.MANIFEST_FILE).read_text())

@@ -28,6 +28,7 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
 ENGINE_FILE = "engine.plan"
+TIMING_CACHE_FILE = "timing.cache"
 FORMAT = "optimize-bundle/1"
 
 #: above this, weights go to model.onnx.data (protobuf cannot hold 2 GiB in one message).

@@ -12,8 +12,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
+
+# typer 0.29+ vendors its own click: catch the exceptions of the click it actually runs on.
+try:
+    from typer import _click as click
+except ImportError:  # older typer drives the click package
+    import click  # type: ignore[no-redef]
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -74,7 +79,8 @@ def export(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle folder to write.")] = None,
     task: Annotated[Optional[str], typer.Option(help="feature-extraction or text-classification (default: from the checkpoint).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 18,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at.")] = 128,
+    seq_len: Annotated[str, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at; TensorRT profiles take MIN,OPT,MAX.")] = "128",
+    batch: Annotated[str, typer.Option("--batch", help="TensorRT profile batch sizes MIN,OPT,MAX (or one size).")] = "1,1,32",
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: CPython's pydoc topics).")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Calibration texts to use.")] = 512,
     calibration_method: Annotated[str, typer.Option("--calibration-method", help="INT8 activation ranges: minmax, percentile or entropy.")] = "minmax",
@@ -93,14 +99,26 @@ def export(
 ) -> None:
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
     from optimize.api import export_model
-    from optimize.config import CalibrationConfig, ExportConfig, ExportJob, HalfConfig, ParityConfig, QuantConfig, SpeedCheckConfig
+    from optimize.config import (
+        CalibrationConfig,
+        EngineConfig,
+        ExportConfig,
+        ExportJob,
+        HalfConfig,
+        ParityConfig,
+        QuantConfig,
+        SpeedCheckConfig,
+    )
 
     if output is None:
         raise InputError("no output folder given", "pass --output DIR")
     if threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}", "pass --threads 2, say")
-    if seq_len < 8:
-        raise InputError(f"--seq-len must be at least 8, got {seq_len}", "pass --seq-len 128, say")
+    sequence = _shape_range(seq_len, "--seq-len", lowest_default=1)
+    batches = _shape_range(batch, "--batch", lowest_default=None)
+    seq_len_max = sequence.maximum
+    if seq_len_max < 8:
+        raise InputError(f"--seq-len must be at least 8, got {seq_len_max}", "pass --seq-len 128, say")
     from optimize.calibration.ranges import METHODS
 
     if calibration_method not in METHODS:
@@ -121,10 +139,11 @@ def export(
         target=target,
         output=output,
         force=force,
-        export=ExportConfig(task=task or "", opset=opset, seq_len=seq_len),
-        calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len),
-        parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len),
-        speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len)),
+        export=ExportConfig(task=task or "", opset=opset, seq_len=seq_len_max),
+        calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len_max),
+        parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len_max),
+        speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len_max)),
+        engine=EngineConfig(batch=batches, sequence=sequence),
         quant=QuantConfig(
             method=calibration_method,
             min_cosine=min_cosine,
@@ -151,6 +170,53 @@ def export(
         out.print(f"speed: {outcome.speed.summary()}")
     sizes = ", ".join(f"{name} {_mb(entry['bytes'])}" for name, entry in files.items() if name.startswith("model"))
     out.print(f"bundle: {outcome.output} ({sizes}, tokenizer, manifest.json)")
+    trt = manifest.get("tensorrt")
+    if trt:
+        engine = trt.get("engine")
+        if engine:
+            out.print(f"engine: engine.plan built with TensorRT {engine['tensorrt']} in {engine['build_seconds']:.0f} s; matches ONNX Runtime")
+        else:
+            out.print(trt.get("engine_note", "engine not built"), markup=False)
+
+
+def _shape_range(text: str, flag: str, lowest_default: int | None):  # -> ShapeRange
+    """'128' -> (lowest, 128, 128); 'a,b,c' -> (a, b, c)."""
+    from optimize.config import ShapeRange
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+        if len(values) == 1:
+            low = values[0] if lowest_default is None else lowest_default
+            return ShapeRange(min(low, values[0]), values[0], values[0])
+        if len(values) == 3:
+            return ShapeRange(*values)
+    except ValueError:
+        pass
+    raise InputError(f"{flag} takes N or MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {text!r}", f"pass e.g. {flag} 1,8,32")
+
+
+@app.command()
+def build(
+    bundle: Annotated[Path, typer.Argument(help="A trt-fp16 or trt-int8 bundle folder.")],
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX (default: as exported).")] = None,
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX (default: as exported).")] = None,
+    workspace: Annotated[int, typer.Option(help="Builder workspace in MiB.")] = 4096,
+) -> None:
+    """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
+    from optimize.api import build_bundle
+    from optimize.config import EngineConfig
+
+    engine = None
+    if batch or seq_len:
+        engine = EngineConfig(
+            batch=_shape_range(batch or "1,1,32", "--batch", lowest_default=None),
+            sequence=_shape_range(seq_len or "128", "--seq-len", lowest_default=1),
+            workspace_mib=workspace,
+        )
+    with _progress() as progress:
+        manifest = build_bundle(bundle, engine, RichReporter(progress))
+    info = manifest["tensorrt"]["engine"]
+    out.print(f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s); ONNX Runtime vs TensorRT within atol/rtol {info['ort_comparison']['atol']}")
 
 
 @app.command()
@@ -270,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
         return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:
-        err.print(_one_line(exc.format_message()) or "run `optimize --help`", markup=False)
+        out.print(exc.ctx.get_help() if exc.ctx else "run `optimize --help`", markup=False, highlight=False)
         return 2
     except click.exceptions.UsageError as exc:
         where = f"optimize {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.info_name != "optimize" else "optimize --help"

@@ -117,6 +117,31 @@ class HalfConfig:
 
 
 @dataclass(frozen=True)
+class ShapeRange:
+    """An optimization-profile dimension: the smallest, the tuned-for and the largest value."""
+
+    minimum: int
+    optimum: int
+    maximum: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.optimum <= self.maximum:
+            raise ValueError(f"need 1 <= min <= opt <= max, got {self.minimum}, {self.optimum}, {self.maximum}")
+
+    def as_list(self) -> list[int]:
+        return [self.minimum, self.optimum, self.maximum]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a TensorRT engine is built on the device (``optimize build``)."""
+
+    batch: ShapeRange = ShapeRange(1, 1, 32)
+    sequence: ShapeRange = ShapeRange(1, 128, 128)
+    workspace_mib: int = 4096
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning options (issue 5)."""
 
@@ -139,6 +164,7 @@ class ExportJob:
     speed: SpeedCheckConfig = field(default_factory=SpeedCheckConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     half: HalfConfig = field(default_factory=HalfConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
 

@@ -43,9 +43,11 @@ def pass_summary(record: dict[str, Any]) -> str:
     if stats.get("fusions"):
         return f"{name} ({', '.join(f'{k} {v}' for k, v in stats['fusions'].items())})"
     if "int8_layers" in stats and "layers" in stats:
-        kept = [layer["layer"] for layer in stats["layers"] if layer["choice"] == "fp32"]
+        linear = stats["int8_layers"] + stats.get("fp32_layers", 0)
+        kept = [layer["layer"] for layer in stats["layers"][:linear] if layer["choice"] == "fp32"]
         extra = f": {', '.join(kept)} fp32" if kept else ""
-        return f"{name} ({stats['int8_layers']} of {len(stats['layers'])} linear layers int8{extra})"
+        sites = f", {stats['int8_sites']} of {stats['activation_sites']} TensorRT fusion sites" if stats.get("activation_sites") else ""
+        return f"{name} ({stats['int8_layers']} of {linear} linear layers int8{extra}{sites})"
     if stats.get("tables"):
         return f"{name} ({len(stats['tables'])} tables, {stats['bytes_saved'] / 1e6:.0f} MB saved)"
     if stats.get("converted"):

@@ -2,7 +2,10 @@
 
 Feature extraction: cosine of mean-pooled embeddings (mean and minimum over texts), top-1
 nearest-neighbour agreement among the texts, max abs error over real (unpadded) tokens.
-Text classification: label agreement, cosine of the logit vectors, max abs error.
+Text classification: label agreement, cosine of the class-probability vectors (softmax of the
+logits: the cosine of raw logits is meaningless when both logits of a two-class head sit near
+zero, where it can swing to -1 while the decision and probabilities barely move), max abs error of
+the logits.
 Non-finite outputs are counted and always fail.
 """
 
@@ -70,10 +73,21 @@ def similarity_scores(
 
     want, got = rows(reference), rows(candidate)
     got = np.where(np.isfinite(got), got, 0.0)
-    cosines = _cosines(want, got)
+    return _scores(want, got, task)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _scores(want: np.ndarray, got: np.ndarray, task: str) -> tuple[float, float, float | None]:
+    """Cosine mean, cosine min and agreement of pooled features or of class probabilities."""
     if task == "feature-extraction":
+        cosines = _cosines(want, got)
         agreement = float(np.mean(_nearest_neighbours(want) == _nearest_neighbours(got))) if len(want) > 2 else None
     else:
+        cosines = _cosines(softmax(want), softmax(got))
         agreement = float(np.mean(want.argmax(axis=1) == got.argmax(axis=1)))
     return float(cosines.mean()), float(cosines.min()), agreement
 
@@ -134,21 +148,17 @@ def compare(
         raise ValueError("parity needs at least one batch")
     want = np.concatenate(collected.reference)
     got = np.concatenate(collected.candidate)
-    cosines = _cosines(want, got)
-    neighbours = labels = None
-    if task == "feature-extraction":
-        if len(want) > 2:
-            neighbours = float(np.mean(_nearest_neighbours(want) == _nearest_neighbours(got)))
-    else:
-        labels = float(np.mean(want.argmax(axis=1) == got.argmax(axis=1)))
+    cosine_mean, cosine_min, agreement = _scores(want, got, task)
+    neighbours = agreement if task == "feature-extraction" else None
+    labels = agreement if task != "feature-extraction" else None
 
     failures: list[str] = []
     if collected.nonfinite:
         failures.append(f"{collected.nonfinite} non-finite output values (NaN or Inf)")
-    if float(cosines.mean()) < tolerances.cosine_mean:
-        failures.append(f"cosine mean {cosines.mean():.6f} < {tolerances.cosine_mean}")
-    if float(cosines.min()) < tolerances.cosine_min:
-        failures.append(f"cosine min {cosines.min():.6f} < {tolerances.cosine_min}")
+    if cosine_mean < tolerances.cosine_mean:
+        failures.append(f"cosine mean {cosine_mean:.6f} < {tolerances.cosine_mean}")
+    if cosine_min < tolerances.cosine_min:
+        failures.append(f"cosine min {cosine_min:.6f} < {tolerances.cosine_min}")
     if neighbours is not None and neighbours < tolerances.neighbour_agreement:
         failures.append(f"top-1 neighbour agreement {neighbours:.3f} < {tolerances.neighbour_agreement}")
     if labels is not None and labels < tolerances.label_agreement:
@@ -158,8 +168,8 @@ def compare(
     return ParityReport(
         task=task,
         samples=len(want),
-        cosine_mean=float(cosines.mean()),
-        cosine_min=float(cosines.min()),
+        cosine_mean=cosine_mean,
+        cosine_min=cosine_min,
         neighbour_agreement=neighbours,
         label_agreement=labels,
         max_abs_error=collected.max_abs_error,

@@ -33,15 +33,17 @@ class Target:
     passes: Callable[[PassContext], list[OptimizePass]]
     tolerances: Callable[[str, ExportJob], Tolerances]
     session: SessionConfig = field(default_factory=SessionConfig)
-    #: None when the target works; otherwise the issue that will bring it.
-    pending: str | None = None
     #: checks the job before any model is loaded (cheap refusals first).
     preflight: Callable[[ExportJob], None] | None = None
 
     def availability(self) -> str | None:
-        """None if this machine can produce the target, else a one-line reason."""
-        if self.pending:
-            return f"not implemented yet ({self.pending})"
+        """None if this machine can produce the whole target, else a one-line reason."""
+        if self.runtime == "tensorrt":
+            from optimize.runtimes.tensorrt import unavailable
+
+            reason = unavailable()
+            if reason:
+                return f"graph only: {reason}; engine is built on the GPU by `optimize build`"
         return None
 
 
@@ -127,6 +129,43 @@ def _ort_half_preflight(job: ExportJob) -> None:
             )
 
 
+def _trt_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
+    from optimize.calibration.source import CalibrationSource
+    from optimize.passes.cleanup import CleanupPass
+    from optimize.passes.fp16 import Fp16Pass
+    from optimize.passes.mask_fill import MaskFillPass
+    from optimize.passes.trt_ready import TrtReadinessPass
+
+    source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
+    return [
+        CleanupPass(),
+        MaskFillPass(),
+        Fp16Pass(source, keep_normalization_fp32=ctx.job.half.keep_normalization_fp32, low_precision=_half_dtype(ctx.job)),
+        CleanupPass(),
+        TrtReadinessPass(),
+    ]
+
+
+def _trt_int8_passes(ctx: PassContext) -> list[OptimizePass]:
+    import dataclasses
+
+    from optimize.calibration.source import CalibrationSource
+    from optimize.passes.cleanup import CleanupPass
+    from optimize.passes.int8 import Int8Pass
+    from optimize.passes.mask_fill import MaskFillPass
+    from optimize.passes.trt_ready import TrtReadinessPass
+
+    source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
+    quant = dataclasses.replace(ctx.job.quant, symmetric_activations=True)  # TensorRT: int8, zero point 0
+    return [
+        CleanupPass(),
+        MaskFillPass(),
+        Int8Pass(quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="qdq", sites=True),
+        CleanupPass(),
+        TrtReadinessPass(),
+    ]
+
+
 def _fp16_tolerances(task: str, job: ExportJob) -> Tolerances:
     if task == "text-classification":
         return Tolerances(cosine_mean=0.9999, cosine_min=0.999, label_agreement=0.99)
@@ -148,13 +187,6 @@ def _fp32_tolerances(task: str, job: ExportJob) -> Tolerances:
     if task == "text-classification":
         return Tolerances(cosine_mean=0.99999, cosine_min=0.9999, label_agreement=1.0, max_abs_error=1e-3)
     return Tolerances(cosine_mean=0.99999, cosine_min=0.99999, neighbour_agreement=0.99)
-
-
-def _pending(issue: str) -> Callable[[PassContext], list[OptimizePass]]:
-    def passes(ctx: PassContext) -> list[OptimizePass]:
-        raise InputError(f"target {ctx.job.target} is not implemented yet ({issue})", "use --target ort-fp32 for now")
-
-    return passes
 
 
 _ORT_CPU_SESSION = SessionConfig(disabled_optimizers=("SkipLayerNormFusion",))
@@ -192,21 +224,20 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             name="trt-fp16",
-            summary="TensorRT-ready fp16 graph; engine built on the GPU with `optimize build`",
+            summary="TensorRT-ready fp16 graph (standard ops, norms fp32); engine built on the GPU by `optimize build`",
             runtime="tensorrt",
             precision="fp16",
-            passes=_pending("issue 6"),
-            tolerances=_fp32_tolerances,
-            pending="issue 6",
+            passes=_trt_fp16_passes,
+            tolerances=_fp16_tolerances,
+            preflight=_ort_half_preflight,
         ),
         Target(
             name="trt-int8",
-            summary="TensorRT-ready explicit int8 Q/DQ graph; engine built with `optimize build`",
+            summary="TensorRT-ready explicit symmetric int8 Q/DQ graph, same budget search; engine by `optimize build`",
             runtime="tensorrt",
             precision="int8",
-            passes=_pending("issue 6"),
-            tolerances=_fp32_tolerances,
-            pending="issue 6",
+            passes=_trt_int8_passes,
+            tolerances=_int8_tolerances,
         ),
     )
 }
@@ -215,13 +246,7 @@ TARGETS: dict[str, Target] = {
 def get_target(name: str) -> Target:
     """The named target, or an InputError that suggests the nearest name."""
     if name in TARGETS:
-        target = TARGETS[name]
-        if target.pending:
-            raise InputError(
-                f"target {name} is not implemented yet ({target.pending})",
-                "run `optimize targets` to see what is available; use --target ort-fp32 for now",
-            )
-        return target
+        return TARGETS[name]
     nearest = difflib.get_close_matches(name, list(TARGETS), n=1, cutoff=0.4)
     hint = f"did you mean {nearest[0]}?" if nearest else "run `optimize targets` for the list"
     raise InputError(f"unknown target {name!r}", f"{hint} (targets: {', '.join(TARGETS)})")

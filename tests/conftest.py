@@ -49,3 +49,18 @@ def quick_job():
         )
 
     return make
+
+
+REPO = Path(__file__).resolve().parent.parent
+ROTTEN_TOMATOES = REPO.parent / "shared" / "data" / "rotten_tomatoes.csv"
+
+
+@pytest.fixture(scope="session")
+def rotten_tomatoes_test_texts():
+    """Real labelled sentences (the `test` split) from ../shared; never used for calibration."""
+    import csv
+
+    if not ROTTEN_TOMATOES.is_file():
+        pytest.skip(f"{ROTTEN_TOMATOES} is not beside the checkout")
+    with open(ROTTEN_TOMATOES, newline="", encoding="utf-8") as handle:
+        return [row["text"] for row in csv.DictReader(handle) if row["split"] == "test"]

@@ -47,7 +47,7 @@ def bundle_engine(bundle: Bundle, threads: int, name: str | None = None) -> Engi
         runner = bundle_runner(bundle)
     else:
         runner = OrtRunner(bundle.model_path, bundle_session(bundle, threads))
-        runner.activate()
+    runner.activate()
     size = sum(e["bytes"] for n, e in bundle.manifest.get("files", {}).items() if n.startswith("model.onnx"))
     return Engine(name or bundle.path.name, runner.infer, runner.input_names, size)
 

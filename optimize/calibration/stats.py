@@ -37,9 +37,12 @@ class TensorStats:
     hist: np.ndarray | None = None
     limit: float = 0.0
     nonfinite: int = 0
-    #: False: min/max only (cheap enough to watch every tensor of a graph at once).
+    #: per-channel extremes (for outlier migration): False skips them.
+    channels: bool = True
+    #: the value histogram (for percentile and entropy ranges): False skips it.
     histogram: bool = True
     dtype: str = ""
+    ragged_channels: bool = False
 
     def update(self, values: np.ndarray) -> None:
         """Fold in a 2-D [tokens, channels] (or 1-D) array of real-token values."""
@@ -57,18 +60,22 @@ class TensorStats:
         self.count += values.size
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
-        if not self.histogram:
-            return
-        if values.ndim >= 2:
+        if self.channels and values.ndim >= 2 and not self.ragged_channels:
             rows = values.reshape(-1, values.shape[-1])
             low, high = rows.min(axis=0), rows.max(axis=0)
-            if self.channel_min is None:
+            if self.channel_min is not None and self.channel_min.shape != low.shape:
+                # the last axis is not channels (attention scores end in the sequence length)
+                self.ragged_channels = True
+                self.channel_min = self.channel_max = self.channel_absmax = None
+            elif self.channel_min is None:
                 self.channel_min, self.channel_max = low, high
             else:
                 self.channel_min = np.minimum(self.channel_min, low)
                 self.channel_max = np.maximum(self.channel_max, high)
-            self.channel_absmax = np.maximum(np.abs(self.channel_min), np.abs(self.channel_max))
-        self._update_histogram(values.ravel())
+            if not self.ragged_channels:
+                self.channel_absmax = np.maximum(np.abs(self.channel_min), np.abs(self.channel_max))
+        if self.histogram:
+            self._update_histogram(values.ravel())
 
     def _update_histogram(self, flat: np.ndarray) -> None:
         peak = float(np.abs(flat).max())
@@ -117,6 +124,7 @@ def collect(
     batches: Iterable[Feeds],
     session: SessionConfig = SessionConfig(),
     *,
+    channels: bool = True,
     histogram: bool = True,
 ) -> StatsReport:
     """Run the graph over the batches and accumulate statistics of the named values."""
@@ -127,7 +135,7 @@ def collect(
     options = session_options(session)
     sess = ort.InferenceSession(_with_outputs(model, names), options, providers=list(session.providers))
     inputs = [i.name for i in sess.get_inputs()]
-    report = StatsReport({name: TensorStats(name, histogram=histogram) for name in names})
+    report = StatsReport({name: TensorStats(name, channels=channels, histogram=histogram) for name in names})
     for feeds in batches:
         outputs = sess.run(names, {k: feeds[k] for k in inputs})
         mask = feeds.get("attention_mask")

@@ -73,7 +73,7 @@ class Fp16Pass(OptimizePass):
         ]
         if self.source is None:
             return {}, {}
-        report = collect(model, names, self.source.batches(), self.session, histogram=False)
+        report = collect(model, names, self.source.batches(), self.session, channels=False, histogram=False)
         absmax = {name: s.absmax for name, s in report.tensors.items() if s.count}
         return absmax, {name: s.dtype for name, s in report.tensors.items()}
 

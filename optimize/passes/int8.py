@@ -21,12 +21,12 @@ from optimize.calibration.stats import StatsReport, collect
 from optimize.config import QuantConfig, SessionConfig
 from optimize.errors import InputError, PassError
 from optimize.passes.base import OptimizePass
-from optimize.quantization.emit import Decision, emit
+from optimize.quantization.emit import Decision, SiteDecision, emit
 
 #: placeholder parameters for decisions built only to compute their input transform.
 _UNSET = QuantParams(1.0, 0, False)
 from optimize.quantization.search import Budget, Evaluator, search
-from optimize.quantization.targets import LinearTarget, find_targets
+from optimize.quantization.targets import LinearTarget, find_targets, find_trt_sites
 
 #: held-back text is not the parity text: on it, spend only this share of each allowed loss
 #: (mean cosine 0.99 -> 0.992 on held-back text, minimum 0.97 -> 0.976, agreement 0.95 -> 0.96).
@@ -85,13 +85,19 @@ class Int8Pass(OptimizePass):
         task: str,
         output: str,
         style: str = "ort",
+        sites: bool = False,
         session: SessionConfig = SessionConfig(),
     ) -> None:
+        """``style`` "ort" emits ONNX Runtime int8 ops, "qdq" standard Q/DQ; ``sites`` adds
+        TensorRT's fusion sites (attention batched MatMuls, residual Adds) as candidates."""
         super().__init__()
         self.quant, self.source, self.task, self.output, self.style, self.session = quant, source, task, output, style, session
+        self.sites = sites
 
-    def _statistics(self, model: ir.Model, names: list[str]) -> StatsReport:
-        report = collect(model, names, self.source.batches(), self.session)
+    def _statistics(self, model: ir.Model, names: list[str], channels: bool = True) -> StatsReport:
+        # histograms only where the range method reads them: minmax needs none
+        histogram = self.quant.method != "minmax"
+        report = collect(model, names, self.source.batches(), self.session, channels=channels, histogram=histogram)
         if report.texts == 0:
             raise InputError("the calibration text produced no batches", "pass --calibration FILE with some text")
         bad = [s.name for s in report.tensors.values() if s.nonfinite]
@@ -105,8 +111,9 @@ class Int8Pass(OptimizePass):
         if not targets:
             self.stats = {"int8_layers": 0, "reason": "no linear layer with a constant weight"}
             return False
+        sites = find_trt_sites(model) if self.sites else []
         base = ir.to_proto(model).SerializeToString()
-        activations = list(dict.fromkeys(t.activation for t in targets))
+        activations = list(dict.fromkeys([t.activation for t in targets] + [a for s in sites for a in s.activations]))
         plain_stats = self._statistics(model, activations)
         calibration_seconds = time.perf_counter() - started
 
@@ -120,7 +127,8 @@ class Int8Pass(OptimizePass):
             smooth = outliers = None
             if channel is not None and channel.shape[0] == t.in_features:
                 if self.quant.smooth_alpha is not None:
-                    weight = nodes[t.node].inputs[1].const_value.numpy()  # type: ignore[union-attr]
+                    # a group's factor must suit every weight it multiplies: rows over all of them
+                    weight = np.concatenate([nodes[n].inputs[1].const_value.numpy() for n in t.nodes], axis=1)  # type: ignore[union-attr]
                     smooth = smoothing_factor(channel, weight, self.quant.smooth_alpha)
                 if t.op == "MatMul":  # QAttention cannot take an fp32 side product
                     outliers = outlier_channels(channel)
@@ -133,7 +141,7 @@ class Int8Pass(OptimizePass):
         if probes:
             probe = ir.from_proto(ir.to_proto(model))
             observed = _insert_probes(probe, probes)
-            extra = self._statistics(probe, list(observed.values()))
+            extra = self._statistics(probe, list(observed.values()), channels=False)
             report = StatsReport({**plain_stats.tensors, **extra.tensors}, plain_stats.batches, plain_stats.texts)
         calibration_seconds = time.perf_counter() - started
 
@@ -149,12 +157,14 @@ class Int8Pass(OptimizePass):
             if (t.node, "int8+split") in observed:
                 options["int8+split"] = Decision(t, params(observed[(t.node, "int8+split")]), outliers=outliers)
             decisions[t.node] = options
+        for site in sites:
+            decisions[site.node] = {"int8": SiteDecision(site, tuple(params(a) for a in site.activations))}
 
         held_back = self.source.held_back()
         evaluator = Evaluator(base, held_back, self.task, self.output, self.session)
         budget = held_back_budget(self.quant)
         unsupported = _unsupported(model, targets, self.style, self.quant.keep_fp32)
-        plan = search(base, targets, decisions, evaluator, budget, self.style, unsupported)
+        plan = search(base, [*targets, *sites], decisions, evaluator, budget, self.style, unsupported)
         emit(model, plan.decisions, self.style)
 
         stats_texts, held_texts = self.source.counts()
@@ -174,10 +184,12 @@ class Int8Pass(OptimizePass):
             "held_back_all_int8_plain": _score(plan.all_int8_plain),
             "held_back_all_int8_chosen": _score(plan.all_int8_chosen),
             "held_back_final": _score(plan.final),
-            "int8_layers": len(plan.decisions),
-            "smoothed_layers": sum(1 for d in plan.decisions if d.smooth is not None),
-            "split_layers": sum(1 for d in plan.decisions if d.outliers is not None),
-            "fp32_layers": len(targets) - len(plan.decisions),
+            "int8_layers": sum(1 for d in plan.decisions if isinstance(d, Decision)),
+            "smoothed_layers": sum(1 for d in plan.decisions if isinstance(d, Decision) and d.smooth is not None),
+            "split_layers": sum(1 for d in plan.decisions if isinstance(d, Decision) and d.outliers is not None),
+            "fp32_layers": len(targets) - sum(1 for d in plan.decisions if isinstance(d, Decision)),
+            "activation_sites": len(sites),
+            "int8_sites": sum(1 for d in plan.decisions if isinstance(d, SiteDecision)),
             "layers": [layer.as_dict() for layer in plan.layers],
             "notes": plan.notes,
         }

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from optimize.calibration.ranges import QuantParams, quantize_weight
 from optimize.passes.base import adopt
-from optimize.quantization.targets import LinearTarget
+from optimize.quantization.targets import ActivationSite, LinearTarget
 
 STYLES = ("ort", "qdq")
 
@@ -48,13 +48,23 @@ class Decision:
         return factor
 
 
+@dataclass(frozen=True)
+class SiteDecision:
+    """Q/DQ on some inputs of a node that is not a linear layer (TensorRT fusion sites)."""
+
+    target: ActivationSite
+    params: tuple[QuantParams, ...]  # one per entry of target.inputs
+
+
 class _Emitter:
     def __init__(self, model: ir.Model, style: str) -> None:
         if style not in STYLES:
             raise ValueError(f"unknown emission style {style!r}")
         self.model, self.graph, self.style = model, model.graph, style
         self.nodes = {n.name: n for n in self.graph}
+        self.node_names = set(self.nodes)
         self.quantized_inputs: dict[tuple[str, float, int, bytes], ir.Value] = {}
+        self.dequantized: dict[str, ir.Value] = {}  # quantized value name -> its one DequantizeLinear
 
     def const(self, name: str, array: np.ndarray) -> ir.Value:
         base, index = name, 1
@@ -67,22 +77,29 @@ class _Emitter:
         return value
 
     def add(self, op: str, inputs: list, before: ir.Node, *, domain: str = "", attributes: dict | None = None, name: str = "", outputs: int = 1) -> ir.Node:
-        node = ir.node(op, inputs, attributes=attributes or {}, domain=domain, name=name or None, num_outputs=outputs)
+        node = ir.node(op, inputs, attributes=attributes or {}, domain=domain, name=self.unique(name or op.lower()), num_outputs=outputs)
         self.graph.insert_before(before, node)
         return node
 
-    def quantized_activation(self, decision: Decision, node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
-        """(quantized input, scale, zero point), shared by linears that read the same tensor the same way."""
-        params, x = decision.params, node.inputs[0]
+    def unique(self, base: str) -> str:
+        name, index = base, 1
+        while name in self.node_names:
+            name, index = f"{base}_{index}", index + 1
+        self.node_names.add(name)
+        return name
+
+    def quantized_activation(self, decision: Decision, node: ir.Node, index: int = 0) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(quantized input, scale, zero point), shared by nodes that read the same tensor the same way."""
+        params, x = decision.params, node.inputs[index]
         ort_style = self.style == "ort"
         zero_point = params.zero_point + 128 if (ort_style and params.symmetric) else params.zero_point
         dtype = np.uint8 if (ort_style or not params.symmetric) else np.int8
-        transform = decision.input_transform()
+        transform = decision.input_transform() if isinstance(decision.target, LinearTarget) else None
         key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"")
         if key in self.quantized_inputs:
             cached = self.quantized_inputs[key]
             return cached, *self._scale_zp_of(cached)
-        prefix = decision.target.node
+        prefix = f"{decision.target.node}_{index}" if index else decision.target.node
         if transform is not None:
             factor = self.const(f"{prefix}_x_transform", transform)
             x = self.add("Mul", [x, factor], node, name=f"{prefix}_x_transform").outputs[0]
@@ -100,13 +117,13 @@ class _Emitter:
 
     def weight(self, decision: Decision, node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
         array = node.inputs[1].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
+        prefix = node.name
         if decision.smooth is not None:
             array = array * decision.smooth.reshape(-1, 1).astype(np.float32)
         if decision.outliers is not None:
             array = array.copy()
             array[decision.outliers, :] = 0.0  # those rows run in fp32 beside the int8 product
         quantized, scales = quantize_weight(array, axis=1)
-        prefix = decision.target.node
         return (
             self.const(f"{prefix}_w_int8", quantized),
             self.const(f"{prefix}_w_scale", scales),
@@ -133,8 +150,26 @@ class _Emitter:
             self.graph.remove(dead, safe=True)  # safe: also drops its input uses, so dead weights show as unused
         adopt(new.outputs[0], value)
 
-    def emit(self, decision: Decision) -> None:
+    def dequantize(self, quantized: ir.Value, scale: ir.Value, zp: ir.Value, before: ir.Node) -> ir.Value:
+        """One DequantizeLinear per quantized tensor, shared by every reader (TensorRT fuses it so)."""
+        if quantized.name not in self.dequantized:
+            node = self.add("DequantizeLinear", [quantized, scale, zp], before, name=f"{quantized.name}_dequantize")
+            self.dequantized[quantized.name] = node.outputs[0]
+        return self.dequantized[quantized.name]
+
+    def emit(self, decision: Decision | SiteDecision) -> None:
+        if isinstance(decision, Decision):
+            for name in decision.target.nodes:  # a group shares one quantized activation
+                self._emit_linear(decision, self.nodes[name])
+            return
         node = self.nodes[decision.target.node]
+        if isinstance(decision, SiteDecision):
+            for index, params in zip(decision.target.inputs, decision.params):
+                proxy = Decision(decision.target, params)  # type: ignore[arg-type]
+                x_q, x_scale, x_zp = self.quantized_activation(proxy, node, index)
+                node.replace_input_with(index, self.dequantize(x_q, x_scale, x_zp, node))
+
+    def _emit_linear(self, decision: Decision, node: ir.Node) -> None:
         if self.style == "ort":
             self._emit_ort(decision, node)
         else:
@@ -143,7 +178,7 @@ class _Emitter:
     def _emit_ort(self, decision: Decision, node: ir.Node) -> None:
         x_q, x_scale, x_zp = self.quantized_activation(decision, node)
         w_q, w_scale, w_zp = self.weight(decision, node)
-        prefix = decision.target.node
+        prefix = node.name
         if node.op_type == "Attention":
             inputs = list(node.inputs) + [None] * 6
             attributes = {k: v for k, v in node.attributes.items() if k != "qkv_hidden_sizes"}
@@ -166,7 +201,7 @@ class _Emitter:
     def outlier_product(self, decision: Decision, node: ir.Node) -> ir.Value:
         """x[..., O] @ W[O, :] in fp32, from the unquantized activation and original weight rows."""
         assert decision.outliers is not None
-        prefix = decision.target.node
+        prefix = node.name
         weight = node.inputs[1].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
         indices = self.const(f"{prefix}_outlier_channels", decision.outliers.astype(np.int64))
         rows = self.const(f"{prefix}_outlier_weight", np.ascontiguousarray(weight[decision.outliers, :]))
@@ -176,8 +211,8 @@ class _Emitter:
     def _emit_qdq(self, decision: Decision, node: ir.Node) -> None:
         x_q, x_scale, x_zp = self.quantized_activation(decision, node)
         w_q, w_scale, w_zp = self.weight(decision, node)
-        prefix = decision.target.node
-        x_dq = self.add("DequantizeLinear", [x_q, x_scale, x_zp], node, name=f"{prefix}_x_dequantize").outputs[0]
+        prefix = node.name
+        x_dq = self.dequantize(x_q, x_scale, x_zp, node)
         w_dq = self.add(
             "DequantizeLinear", [w_q, w_scale, w_zp], node, attributes={"axis": 1}, name=f"{prefix}_w_dequantize"
         ).outputs[0]
@@ -186,7 +221,7 @@ class _Emitter:
         node.replace_input_with(1, w_dq)
         if outliers is not None:
             result = node.outputs[0]
-            total = ir.node("Add", [result, outliers], name=f"{prefix}_with_outliers")
+            total = ir.node("Add", [result, outliers], name=self.unique(f"{prefix}_with_outliers"))
             self.graph.insert_after(node, total)
             result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
             total.replace_input_with(0, result)  # the line above redirected the Add's own input too
@@ -196,7 +231,7 @@ class _Emitter:
             total.outputs[0].name = name
 
 
-def emit(model: ir.Model, decisions: list[Decision], style: str) -> None:
+def emit(model: ir.Model, decisions: list[Decision | SiteDecision], style: str) -> None:
     """Rewrite every decided linear layer; the fp32 weights they replace become dead."""
     emitter = _Emitter(model, style)
     for decision in decisions:

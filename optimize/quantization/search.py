@@ -2,11 +2,12 @@
 
 Every number here is measured by running the candidate graph in ONNX Runtime on held-back
 calibration text (never the parity text) against the fp32 graph's own outputs:
-1. per layer, int8 with and without outlier migration, all other layers fp32;
+1. per layer, int8 with and without outlier migration, all other layers fp32 (on the first
+   SENSITIVITY_TEXTS held-back texts: these scores only rank, so a small sample serves);
 2. each layer takes its better form; layers are ordered by error per multiply-accumulate,
    so the cheapest accuracy is bought first;
-3. starting from all-int8, the worst layer in that order returns to fp32 until the held-back
-   cosine meets the budget.
+3. starting from all-int8, the fewest layers at the head of that order return to fp32 for the
+   held-back scores (on every held-back text) to meet the budget, found by bisection.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import onnx_ir as ir
 
 from optimize.config import SessionConfig
 from optimize.parity import similarity_scores
-from optimize.quantization.emit import Decision, emit
-from optimize.quantization.targets import LinearTarget
+from optimize.quantization.emit import Decision, SiteDecision, emit
+from optimize.quantization.targets import ActivationSite, LinearTarget
+
+Target = LinearTarget | ActivationSite
+AnyDecision = Decision | SiteDecision
 from optimize.runtimes.base import Feeds
 
 
@@ -48,15 +52,20 @@ class Budget:
     agreement: float
 
 
+#: held-back texts the per-layer sensitivity is measured on (the budget uses them all).
+SENSITIVITY_TEXTS = 48
+
+
 class Evaluator:
     """Scores candidate graphs on held-back batches against the fp32 graph's outputs."""
 
     def __init__(self, fp32: bytes, batches: list[Feeds], task: str, output: str, session: SessionConfig) -> None:
         self.batches, self.task, self.output, self.session = batches, task, output, session
-        self.reference = self._outputs(fp32)
+        self.reference = self._outputs(fp32, batches)
+        self.quick = _leading_batches(batches, SENSITIVITY_TEXTS)
         self.evaluations = 0
 
-    def _outputs(self, model_bytes: bytes) -> list[np.ndarray]:
+    def _outputs(self, model_bytes: bytes, batches: list[Feeds]) -> list[np.ndarray]:
         import onnxruntime as ort
 
         from optimize.runtimes.ort import session_options
@@ -66,18 +75,31 @@ class Evaluator:
             disabled_optimizers=list(self.session.disabled_optimizers),
         )
         names = [i.name for i in sess.get_inputs()]
-        return [sess.run([self.output], {n: b[n] for n in names})[0] for b in self.batches]
+        return [sess.run([self.output], {n: b[n] for n in names})[0] for b in batches]
 
-    def score(self, model: ir.Model) -> Score:
+    def score(self, model: ir.Model, *, quick: bool = False) -> Score:
+        """Scores on every held-back text, or (``quick``) on the first SENSITIVITY_TEXTS."""
         self.evaluations += 1
-        candidate = self._outputs(ir.to_proto(model).SerializeToString())
-        masks = [b.get("attention_mask") for b in self.batches]
-        return Score(*similarity_scores(self.reference, candidate, masks, self.task))
+        batches = self.batches[: len(self.quick)] if quick else self.batches
+        candidate = self._outputs(ir.to_proto(model).SerializeToString(), batches)
+        masks = [b.get("attention_mask") for b in batches]
+        return Score(*similarity_scores(self.reference[: len(batches)], candidate, masks, self.task))
+
+
+def _leading_batches(batches: list[Feeds], texts: int) -> list[Feeds]:
+    """The shortest prefix of ``batches`` holding at least ``texts`` texts."""
+    taken, count = [], 0
+    for batch in batches:
+        if count >= texts:
+            break
+        taken.append(batch)
+        count += len(next(iter(batch.values())))
+    return taken
 
 
 @dataclass
 class LayerReport:
-    target: LinearTarget
+    target: Target
     alone: dict[str, Score] = field(default_factory=dict)  # variant -> score with only this layer int8
     choice: str = "fp32"  # a variant name, or fp32
     why: str = ""
@@ -100,7 +122,7 @@ class LayerReport:
 
 @dataclass
 class Plan:
-    decisions: list[Decision]
+    decisions: list[AnyDecision]
     layers: list[LayerReport]
     final: Score
     all_int8_plain: Score | None
@@ -112,8 +134,8 @@ class Plan:
 
 def search(
     base: bytes,
-    targets: list[LinearTarget],
-    variants: dict[str, dict[str, Decision]],
+    targets: list[Target],
+    variants: dict[str, dict[str, AnyDecision]],
     evaluator: Evaluator,
     budget: Budget,
     style: str,
@@ -126,7 +148,7 @@ def search(
     """
     started = time.perf_counter()
 
-    def build(decisions: list[Decision]) -> ir.Model:
+    def build(decisions: list[AnyDecision]) -> ir.Model:
         model = ir.from_proto(onnx.load_from_string(base))
         emit(model, decisions, style)
         return model
@@ -138,31 +160,43 @@ def search(
     for target in candidates:
         report = reports[target.node]
         for name, decision in variants[target.node].items():
-            report.alone[name] = evaluator.score(build([decision]))
+            report.alone[name] = evaluator.score(build([decision]), quick=True)
         best = report.best()
         assert best is not None
         report.choice = best[0]
 
-    def chosen(target: LinearTarget) -> Decision:
+    def chosen(target: Target) -> AnyDecision:
         return variants[target.node][reports[target.node].choice]
 
     all_plain = evaluator.score(build([variants[t.node]["int8"] for t in candidates])) if candidates else None
     order = sorted(candidates, key=lambda t: reports[t.node].best()[1].error / t.macs_per_token, reverse=True)  # type: ignore[index]
-    active = list(candidates)
-    score = evaluator.score(build([chosen(t) for t in active])) if active else Score(1.0, 1.0)
-    all_chosen = score
-    for target in order:
-        if score.meets(budget):
-            break
-        active.remove(target)
+    # Return the first k layers of that order to fp32, for the smallest k that meets the budget:
+    # a bisection over k (the loss shrinks, near enough monotonically, as k grows), so a few
+    # evaluations on every held-back text instead of one per layer. k = len(order) (all fp32)
+    # meets it by definition.
+    def with_first_fp32(k: int) -> Score:
+        kept = [t for t in candidates if t not in order[:k]]
+        return evaluator.score(build([chosen(t) for t in kept])) if kept else Score(1.0, 1.0)
+
+    scores = {0: with_first_fp32(0)} if candidates else {0: Score(1.0, 1.0)}
+    all_chosen = scores[0]
+    low, high = 0, len(order)  # low fails (or is the answer when it meets), high meets
+    if scores[0].meets(budget):
+        high = 0
+    while high - low > 1:
+        middle = (low + high) // 2
+        scores[middle] = with_first_fp32(middle)
+        low, high = (low, middle) if scores[middle].meets(budget) else (middle, high)
+    score = scores.get(high) or Score(1.0, 1.0)
+    for target in order[:high]:
         report = reports[target.node]
         lost = 1.0 - report.alone[report.choice].cosine_mean
         report.why = (
-            f"kept fp32 for the budget: alone as {report.choice} it costs {lost:.2e} mean cosine, the most per "
-            "multiply-accumulate of those left"
+            f"kept fp32 for the budget: alone as {report.choice} it costs {lost:.2e} mean cosine, among the most per "
+            "multiply-accumulate"
         )
         report.choice = "fp32"
-        score = evaluator.score(build([chosen(t) for t in active])) if active else Score(1.0, 1.0)
+    active = [t for t in candidates if t not in order[:high]]
     plan = Plan(
         decisions=[chosen(t) for t in active],
         layers=[reports[t.node] for t in targets],

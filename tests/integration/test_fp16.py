@@ -10,17 +10,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from graph_checks import cast_chains
 from optimize.api import export_model
 from optimize.calibration.source import CalibrationSource
 from optimize.config import CalibrationConfig, ExportConfig
 from optimize.exporter import export, resolve
 from optimize.passes.fp16 import Fp16Pass
-
-
-def cast_chains(path) -> int:
-    graph = onnx.load(str(path)).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    return sum(1 for n in graph.node if n.op_type == "Cast" and n.input[0] in producers and producers[n.input[0]].op_type == "Cast")
 
 
 def test_fp16_bundle_keeps_io_types_and_has_no_cast_chains(tiny_model_dir, quick_job, tmp_path):

@@ -1,0 +1,194 @@
+"""trt-fp16 and trt-int8 on tiny BERTs: everything up to TensorRT's builder call, on CPU.
+
+The graphs must be what TensorRT's ONNX parser takes (no contrib ops, listed operators,
+symmetric int8 Q/DQ where TensorRT fuses them), run in ONNX Runtime within tolerance, and be
+readable by Polygraphy. Tests marked ``tensorrt`` build a real engine and skip without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from cli_helpers import assert_one_line_error, optimize
+from optimize.api import export_model
+from optimize.config import CalibrationConfig, EngineConfig, QuantConfig, ShapeRange
+from optimize.passes.trt_ready import TENSORRT_SUPPORTED_OPS, problems
+from optimize.runtimes.tensorrt import unavailable
+
+TRT_MISSING = unavailable()
+
+
+@pytest.fixture(scope="module")
+def trt_bundles(tiny_model_dir, tmp_path_factory):
+    """Both TensorRT targets exported once from the same tiny BERT."""
+    from optimize.config import ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+
+    root = tmp_path_factory.mktemp("trt")
+    bundles = {}
+    for target in ("trt-fp16", "trt-int8"):
+        job = ExportJob(
+            model=str(tiny_model_dir("bert")),
+            target=target,
+            output=root / target,
+            export=ExportConfig(seq_len=64, dynamic_probe_shapes=((1, 5), (3, 17))),
+            parity=ParityConfig(size=24, seq_len=64),
+            speed=SpeedCheckConfig(enabled=False),
+            calibration=CalibrationConfig(size=48, seq_len=64),
+            quant=QuantConfig(),
+            engine=EngineConfig(batch=ShapeRange(1, 4, 8), sequence=ShapeRange(8, 64, 128)),
+        )
+        bundles[target] = (export_model(job), root / target)
+    return bundles
+
+
+@pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
+def test_graph_is_what_tensorrts_parser_takes(target, trt_bundles):
+    outcome, folder = trt_bundles[target]
+    assert outcome.parity.ok
+    model = onnx.load(str(folder / "model.onnx"))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert {n.op_type for n in model.graph.node} <= TENSORRT_SUPPORTED_OPS
+    assert problems(ir.from_proto(model)) == []
+
+
+@pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
+def test_manifest_records_the_profile_and_that_no_engine_was_built(target, trt_bundles):
+    _, folder = trt_bundles[target]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    section = manifest["tensorrt"]
+    assert section["profile"]["input_ids"] == [[1, 8], [4, 64], [8, 128]]
+    if TRT_MISSING:
+        assert section["engine"] is None
+        assert "optimize build" in section["engine_note"]
+        assert not (folder / "engine.plan").exists()
+
+
+def test_trt_fp16_keeps_normalization_in_fp32_and_io_types(trt_bundles):
+    outcome, folder = trt_bundles["trt-fp16"]
+    assert outcome.parity.cosine_min >= 0.9995
+    model = ir.load(folder / "model.onnx")
+    norms = [n for n in model.graph if n.op_type == "LayerNormalization"]
+    assert norms and all(n.inputs[0].dtype == ir.DataType.FLOAT for n in norms)
+    assert all(v.dtype == ir.DataType.INT64 for v in model.graph.inputs)
+    assert model.graph.outputs[0].dtype == ir.DataType.FLOAT
+    assert any(n.op_type == "MatMul" and n.inputs[0].dtype == ir.DataType.FLOAT16 for n in model.graph)
+
+
+def test_trt_int8_qdq_is_symmetric_per_channel_and_where_tensorrt_fuses(trt_bundles):
+    outcome, folder = trt_bundles["trt-int8"]
+    assert outcome.parity.cosine_mean >= 0.99 and outcome.parity.cosine_min >= 0.97
+    model = ir.load(folder / "model.onnx")
+    qdq = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = node.inputs[2].const_value.numpy()
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    # weights: int8 initializers dequantized per output channel (axis 1 of a [in, out] MatMul weight)
+    weight_dq = [n for n in qdq if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None]
+    assert weight_dq
+    for node in weight_dq:
+        assert node.attributes["axis"].as_int() == 1
+        assert node.inputs[1].const_value.numpy().size == node.inputs[0].const_value.shape[1]
+    # activation Q/DQ reaches both inputs of an attention batched MatMul, and a residual Add
+    def fed_by_dq(value: ir.Value | None) -> bool:
+        producer = value.producer() if value is not None else None
+        return producer is not None and producer.op_type == "DequantizeLinear"
+
+    stats = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "int8")["stats"]
+    assert stats["style"] == "qdq" and stats["activation_sites"] > 0
+    if stats["int8_sites"]:
+        bmm = [n for n in model.graph if n.op_type == "MatMul" and all(fed_by_dq(v) for v in n.inputs)]
+        residual = [n for n in model.graph if n.op_type == "Add" and any(fed_by_dq(v) for v in n.inputs)]
+        assert bmm or residual
+
+
+def test_readiness_names_each_problem():
+    graph = onnx.parser.parse_model(
+        """<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[2, 4] x) => (float[2, 4] y) {
+            q = QuantizeLinear <axis = 1> (x, scale, zp)
+            d = DequantizeLinear (q, scale, zp)
+            s = com.microsoft.FastGelu (d)
+            y = Hardmax (s)
+        }"""
+    )
+    graph.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(np.float32(0.1), "scale"), onnx.numpy_helper.from_array(np.uint8(128), "zp")]
+    )
+    found = problems(ir.from_proto(graph))
+    text = " | ".join(found)
+    assert "com.microsoft" in text and "FastGelu" in text
+    assert "not symmetric int8" in text
+    assert "Hardmax" not in text  # a supported op is not reported
+
+
+def test_readiness_rejects_an_opset_the_parser_does_not_take():
+    model = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 25]>
+        g (float[2] x) => (float[2] y) { y = Relu (x) }"""
+    )
+    assert any("opset 25" in p for p in problems(ir.from_proto(model)))
+
+
+@pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
+def test_polygraphy_inspects_the_bundle(target, trt_bundles):
+    _, folder = trt_bundles[target]
+    polygraphy = str(Path(sys.executable).parent / "polygraphy")
+    done = subprocess.run(
+        [polygraphy, "inspect", "model", str(folder / "model.onnx")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "input_ids" in done.stdout and "last_hidden_state" in done.stdout
+
+
+@pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT is available here: the refusal cannot be shown")
+def test_build_refuses_cleanly_without_tensorrt(trt_bundles, tmp_path):
+    _, folder = trt_bundles["trt-fp16"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    result = optimize("build", str(copy))
+    assert_one_line_error(result, "TensorRT", "optimize[tensorrt]", code=5)
+    assert not (copy / "engine.plan").exists()
+
+
+@pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT is available here")
+def test_export_says_the_engine_was_not_built(tiny_model_dir, tmp_path):
+    result = optimize(
+        "export", str(tiny_model_dir("bert")), "--target", "trt-fp16", "--output", str(tmp_path / "b"),
+        "--no-speed", "--seq-len", "64", "--parity-size", "16",
+    )
+    assert result.code == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert "engine not built" in said and f"optimize build {tmp_path / 'b'}" in said
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(TRT_MISSING is not None, reason=f"needs TensorRT: {TRT_MISSING}")
+@pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
+def test_engine_builds_and_matches_onnxruntime(target, trt_bundles, tmp_path):
+    from optimize.api import build_bundle
+
+    _, folder = trt_bundles[target]
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    manifest = build_bundle(copy)
+    assert (copy / "engine.plan").stat().st_size > 0
+    assert manifest["tensorrt"]["engine"]["ort_comparison"]["passed"]
+    # the timing cache is saved and reused by the next build
+    assert (copy / "timing.cache").is_file()
+
+
+def test_engine_profile_is_checked():
+    with pytest.raises(ValueError):
+        dataclasses.replace(ShapeRange(1, 4, 8), optimum=16)
