@@ -19,7 +19,7 @@ from optimize import bundle as bundles
 from optimize.bench.hardware import fingerprint, package_versions
 from optimize.calibration.batches import token_batches, tokenize
 from optimize.calibration.corpus import held_out_paragraphs, parity_texts
-from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig
+from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig, Tolerances
 from optimize.errors import InputError, ParityError
 from optimize.exporter import ExportResult, LoadedModel, export, resolve
 from optimize.exporter.validate import check_graph
@@ -220,6 +220,16 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             f"pass --seq-len {loaded.max_sequence} or less",
         )
 
+    reference = loaded  # parity and speed are always against the unpruned PyTorch model
+    pruning = None
+    if job.prune.enabled:
+        from optimize.pruning import prune
+
+        reporter.phase("pruning")
+        pruned = prune(loaded, job.prune, job.calibration, parity_batches(loaded, job), progress=reporter.phase)
+        loaded, pruning = pruned.loaded, pruned.report
+        reporter.note(prune_summary(pruning))
+
     reporter.phase("exporting to ONNX")
     exported = export(loaded, job.export)
     model = exported.model
@@ -235,13 +245,16 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     reporter.phase("checking parity against PyTorch fp32")
     session = session_for(target, job)
     candidate = OrtRunner(model, session)
+    tolerances = target.tolerances(loaded.task, job)
+    if pruning is not None:
+        tolerances = pruned_tolerances(tolerances, job)
     parity = compare(
-        TorchRunner(loaded),
+        TorchRunner(reference),
         candidate,
         parity_batches(loaded, job),
         task=loaded.task,
         output=loaded.output_name,
-        tolerances=target.tolerances(loaded.task, job),
+        tolerances=tolerances,
     )
     if not parity.ok:
         raise ParityError(
@@ -254,10 +267,11 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         reporter.note("speed: not timed here; a TensorRT bundle is timed on its GPU with `optimize bench` after `optimize build`")
     elif job.speed.enabled:
         reporter.phase("timing side by side with PyTorch")
-        speed = measure_speed(loaded, model, session, job.speed)
+        speed = measure_speed(reference, model, session, job.speed)
 
     reporter.phase("writing the bundle")
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
+    manifest["pruning"] = pruning
     output = Path(job.output).absolute()
     notes = list(loaded.notes)
     with bundles.staged(output, job.force) as staging:
@@ -280,6 +294,32 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
     return ExportOutcome(output, target.name, final, parity, speed, notes)
+
+
+def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
+    """The looser of the target's tolerances and the pruning ones (--prune-min-cosine)."""
+    cfg = job.prune
+    return dataclasses.replace(
+        tolerances,
+        cosine_mean=min(tolerances.cosine_mean, cfg.min_cosine),
+        cosine_min=min(tolerances.cosine_min, cfg.min_cosine_floor),
+        neighbour_agreement=min(tolerances.neighbour_agreement, cfg.min_agreement),
+        label_agreement=min(tolerances.label_agreement, max(cfg.min_agreement, 0.9)),
+        max_abs_error=None,
+    )
+
+
+def prune_summary(report: dict[str, Any]) -> str:
+    similarity = report["pytorch_similarity"]
+    stages = [("cut", similarity["after_cut"]), ("reconstructed", similarity["after_reconstruction"])]
+    if similarity["after_recovery"]:
+        stages.append(("recovered", similarity["after_recovery"]))
+    figures = ", ".join(f"{name} {s['cosine_mean']:.4f}" for name, s in stages)
+    return (
+        f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
+        f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "
+        f"{report['neurons_kept']}; PyTorch cosine mean vs unpruned: {figures}"
+    )
 
 
 def tensorrt_unavailable() -> str | None:

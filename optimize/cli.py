@@ -90,6 +90,10 @@ def export(
     smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1]; 0 turns migration off.")] = 0.5,
     keep_fp32: Annotated[str, typer.Option("--keep-fp32", help="Comma-separated layers to keep fp32, as labelled by `inspect` (L0.ffn_out).")] = "",
     half: Annotated[str, typer.Option("--half", help="fp16 targets: float16, or bfloat16 where the runtime has bf16 kernels.")] = "float16",
+    prune: Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of the encoder parameters: the weights and biases of Q, K, V, attention output and both FFN linears of every layer (embeddings, LayerNorms, pooler and head not counted), as whole attention heads and FFN neurons.")] = None,
+    prune_what: Annotated[str, typer.Option("--prune-what", help="What --prune may remove: both, heads or ffn.")] = "both",
+    recover: Annotated[int, typer.Option("--recover", help="Distillation steps against the unpruned model after pruning (0: none).")] = 0,
+    prune_min_cosine: Annotated[float, typer.Option("--prune-min-cosine", help="With --prune: mean cosine against the unpruned model to keep.")] = 0.95,
     parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
     parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 256,
     threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
@@ -106,6 +110,7 @@ def export(
         ExportJob,
         HalfConfig,
         ParityConfig,
+        PruneConfig,
         QuantConfig,
         SpeedCheckConfig,
     )
@@ -134,6 +139,14 @@ def export(
         from optimize.calibration.corpus import calibration_texts
 
         calibration_texts(calibration, 1)
+    if prune is not None and not 0.0 < prune < 1.0:
+        raise InputError(f"--prune takes a fraction between 0 and 1 (exclusive), got {prune}", "pass e.g. --prune 0.3")
+    if prune_what not in ("both", "heads", "ffn"):
+        raise InputError(f"--prune-what must be both, heads or ffn, got {prune_what!r}", "pass --prune-what both")
+    if recover < 0 or (recover and prune is None):
+        raise InputError(f"--recover {recover} needs --prune and a non-negative step count", "pass e.g. --prune 0.3 --recover 300")
+    if not 0.0 < prune_min_cosine <= 1.0:
+        raise InputError(f"--prune-min-cosine must be in (0, 1], got {prune_min_cosine}", "pass e.g. --prune-min-cosine 0.95")
     job = ExportJob(
         model=model,
         target=target,
@@ -153,6 +166,7 @@ def export(
             keep_fp32=tuple(x.strip() for x in keep_fp32.split(",") if x.strip()),
         ),
         half=HalfConfig(dtype=half),
+        prune=PruneConfig(fraction=prune or 0.0, what=prune_what, recover_steps=recover, min_cosine=prune_min_cosine),
         seed=seed,
     )
     with _progress() as progress:

@@ -143,10 +143,28 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Structured pruning options (issue 5)."""
+    """Structured pruning before export (``--prune``); fraction 0 means none."""
 
     fraction: float = 0.0
+    #: "both" (heads and FFN neurons ranked together), "heads" or "ffn"
+    what: str = "both"
+    reconstruct: bool = True
     recover_steps: int = 0
+    #: parity is always against the unpruned PyTorch model; pruning itself changes what the model
+    #: computes, so each tolerance is the looser of the target's and these
+    min_cosine: float = 0.95
+    min_cosine_floor: float = 0.80
+    min_agreement: float = 0.80
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"prune fraction must be in [0, 1), got {self.fraction}")
+        if self.what not in ("both", "heads", "ffn"):
+            raise ValueError(f"prune what must be both, heads or ffn, got {self.what!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0.0
 
 
 @dataclass(frozen=True)

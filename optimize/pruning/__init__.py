@@ -1,0 +1,129 @@
+"""Structured pruning before export: score, cut, reconstruct, optionally recover.
+
+    scores = importance.measure(...)      heads and FFN neurons, on calibration text
+    selection = importance.select(...)    global ranking per kind, to the budget
+    structure.keep_heads/keep_neurons     physical removal: smaller nn.Linear modules
+    reconstruct.reconstruct(...)          least-squares re-fit of the output projections
+    recover.distil(...)                   --recover STEPS: distillation against the unpruned model
+
+The pruned module is then exported like any other, so the ONNX graph carries the smaller
+matrices and every target (int8, fp16, TensorRT) composes with pruning unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from optimize.calibration.batches import token_batches
+from optimize.calibration.corpus import calibration_texts
+from optimize.config import CalibrationConfig, PruneConfig
+from optimize.exporter.resolve import LoadedModel
+from optimize.parity import similarity_scores
+from optimize.pruning import importance, reconstruct, recover, structure
+from optimize.runtimes.base import Feeds
+
+#: calibration texts the scores and the least-squares fits are measured on
+FIT_TEXTS = 256
+
+
+@dataclasses.dataclass
+class PruneOutcome:
+    loaded: LoadedModel
+    report: dict[str, Any]
+
+
+def _outputs(loaded: LoadedModel, module: Any, batches: list[Feeds]) -> list[np.ndarray]:
+    import torch
+
+    outputs = []
+    with torch.inference_mode():
+        for feeds in batches:
+            tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+            outputs.append(module(**tensors, return_dict=True)[loaded.output_name].float().numpy())
+    return outputs
+
+
+def _similarity(loaded: LoadedModel, reference: list[np.ndarray], module: Any, batches: list[Feeds]) -> dict[str, float | None]:
+    mean, minimum, agreement = similarity_scores(reference, _outputs(loaded, module, batches), [b["attention_mask"] for b in batches], loaded.task)
+    return {"cosine_mean": round(mean, 6), "cosine_min": round(minimum, 6), "agreement": None if agreement is None else round(agreement, 4)}
+
+
+def prune(
+    loaded: LoadedModel,
+    cfg: PruneConfig,
+    calibration: CalibrationConfig,
+    parity_batches: list[Feeds],
+    progress: Callable[[str], None] = lambda line: None,
+) -> PruneOutcome:
+    """A pruned copy of ``loaded``; the original module is left untouched (it stays the reference)."""
+    started = time.perf_counter()
+    head_size = loaded.hidden_size // loaded.num_heads
+    teacher = loaded.module
+    student = copy.deepcopy(teacher).eval()
+    teacher_layers = structure.encoder_layers(teacher, head_size)
+    layers = structure.encoder_layers(student, head_size)
+    total = structure.encoder_params(layers)
+    seq_len = min(calibration.seq_len, loaded.max_sequence)
+    macs_before = structure.macs_per_token(layers, seq_len)
+
+    texts = calibration_texts(calibration.path, max(FIT_TEXTS, calibration.size))
+    fit_batches = list(token_batches(loaded.tokenizer, texts[:FIT_TEXTS], loaded.input_names, batch_size=16, seq_len=seq_len))
+
+    progress("pruning: scoring heads and FFN neurons")
+    scores = importance.measure(student, layers, fit_batches)
+    selection = importance.select(scores, layers, loaded.hidden_size, cfg.fraction, cfg.what)
+    for layer, heads, neurons in zip(layers, selection.heads, selection.neurons):
+        if len(heads) < layer.heads:
+            structure.keep_heads(student, layer, heads)
+        if len(neurons) < layer.neurons:
+            structure.keep_neurons(student, layer, neurons)
+    reference = _outputs(loaded, teacher, parity_batches)
+    after_cut = _similarity(loaded, reference, student, parity_batches)
+
+    fits: list[dict[str, float]] = []
+    if cfg.reconstruct:
+        progress("pruning: least-squares reconstruction of the output projections")
+        fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches)
+    after_fit = _similarity(loaded, reference, student, parity_batches)
+
+    recovery = None
+    after_recovery = None
+    if cfg.recover_steps > 0:
+        def batches():  # every calibration text, cycled by distil() as needed
+            return token_batches(loaded.tokenizer, texts, loaded.input_names, batch_size=16, seq_len=seq_len)
+
+        recovery = recover.distil(
+            student, teacher, batches, cfg.recover_steps, classifier=loaded.task == "text-classification",
+            progress=lambda step, loss: progress(f"pruning: recovery step {step}/{cfg.recover_steps} (loss {loss:.4f})"),
+        )
+        after_recovery = _similarity(loaded, reference, student, parity_batches)
+
+    kept = structure.encoder_params(layers)
+    report = {
+        "fraction_requested": cfg.fraction,
+        "counted": "weights and biases of Q, K, V, attention output and both FFN linears of every layer (embeddings, norms, pooler, head excluded)",
+        "encoder_params_before": total,
+        "encoder_params_after": kept,
+        "encoder_params_kept_share": round(kept / total, 4),
+        "macs_per_token_before": macs_before,
+        "macs_per_token_after": structure.macs_per_token(layers, seq_len),
+        "macs_at_sequence": seq_len,
+        "heads_kept": [len(h) for h in selection.heads],
+        "heads_total": [t.heads for t in teacher_layers],
+        "neurons_kept": [len(n) for n in selection.neurons],
+        "neurons_total": [t.neurons for t in teacher_layers],
+        "kept_head_indices": selection.heads,
+        "scored_on_texts": len(texts[:FIT_TEXTS]),
+        "reconstruction_relative_residual": fits,
+        "pytorch_similarity": {"after_cut": after_cut, "after_reconstruction": after_fit, "after_recovery": after_recovery},
+        "recovery": recovery,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    description = f"{loaded.description}, pruned to {kept / total:.0%} of its encoder parameters"
+    return PruneOutcome(dataclasses.replace(loaded, module=student, description=description), report)

@@ -1,0 +1,124 @@
+"""How much each head and each FFN neuron contributes, measured on calibration text.
+
+No labels: the signal is the model's own computation. A head's score is the mean norm, over
+real tokens, of what it writes into the residual stream (its context vectors through its block
+of the output projection); a neuron's is the mean |activation| times the norm of its output
+weights (what it writes, likewise).
+(Dividing by the norm of the residual each is written into was tried: it cut the last FFN
+hard and lost 0.014 of cosine at 30%.) Both are norms in the same space, so heads and neurons of
+every layer are ranked globally (heads against heads, neurons against neurons), and layers
+keep different amounts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optimize.pruning.structure import LayerParts, head_cost, neuron_cost
+from optimize.runtimes.base import Feeds
+
+
+@dataclass(frozen=True)
+class Scores:
+    heads: list[np.ndarray]  # per layer, one score per head
+    neurons: list[np.ndarray]  # per layer, one score per neuron
+
+
+def measure(module: Any, layers: list[LayerParts], batches: list[Feeds]) -> Scores:
+    import torch
+
+    heads = [np.zeros(layer.heads) for layer in layers]
+    neurons = [np.zeros(layer.neurons) for layer in layers]
+    state: dict[str, Any] = {"mask": None, "tokens": 0}
+
+    def head_hook(index: int):
+        layer = layers[index]
+
+        def hook(_module: Any, args: tuple) -> None:
+            context = args[0].reshape(-1, layer.heads, layer.head_size)
+            # W_o blocks per head: [heads, head_size, hidden]
+            blocks = layer.output.weight.detach().T.reshape(layer.heads, layer.head_size, -1)
+            written = torch.einsum("nhd,hdo->nho", context, blocks).norm(dim=-1)
+            heads[index] += (written * state["mask"][:, None]).sum(0).double().numpy()
+
+        return hook
+
+    def neuron_hook(index: int):
+        layer = layers[index]
+
+        def hook(_module: Any, args: tuple) -> None:
+            activation = args[0].reshape(-1, layer.neurons).abs()
+            weight_norm = layer.ffn_out.weight.detach().norm(dim=0)
+            neurons[index] += ((activation * state["mask"][:, None]).sum(0) * weight_norm).double().numpy()
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.output.register_forward_pre_hook(head_hook(i)))
+        handles.append(layer.ffn_out.register_forward_pre_hook(neuron_hook(i)))
+    try:
+        with torch.inference_mode():
+            for feeds in batches:
+                tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+                state["mask"] = tensors["attention_mask"].reshape(-1).float()
+                state["tokens"] += int(state["mask"].sum())
+                module(**tensors)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tokens = max(state["tokens"], 1)
+    return Scores([h / tokens for h in heads], [n / tokens for n in neurons])
+
+
+@dataclass(frozen=True)
+class Selection:
+    heads: list[list[int]]  # kept, per layer
+    neurons: list[list[int]]
+    removed_params: int
+
+
+#: never empty a layer: at least one head and this share of its neurons stay
+MIN_NEURON_SHARE = 1 / 16
+
+
+def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: float, what: str = "both") -> Selection:
+    """Remove the lowest-scoring heads and neurons until ``fraction`` of the encoder parameters
+    are gone. Heads compete with heads and neurons with neurons, across all layers (so layers
+    keep different amounts); with "both" each kind gives up the same share of its parameters.
+    (Ranking heads against neurons by score per parameter was tried and measured: the norm of
+    a head's whole output undervalues it against single neurons, and it emptied 5 of 6 layers'
+    attention at 30% for a cosine of 0.55, where this split keeps 0.9+.)"""
+    from optimize.pruning.structure import encoder_params, linear_params
+
+    total = encoder_params(layers)
+    head_params = sum(linear_params(lin) for layer in layers for lin in (*layer.qkv, layer.output))
+    ffn_params = total - head_params
+    budget = fraction * total
+    if what == "heads":
+        budgets = {"head": budget, "neuron": 0.0}
+    elif what == "ffn":
+        budgets = {"head": 0.0, "neuron": budget}
+    else:
+        budgets = {"head": fraction * head_params, "neuron": fraction * ffn_params}
+    kept_heads = [set(range(layer.heads)) for layer in layers]
+    kept_neurons = [set(range(layer.neurons)) for layer in layers]
+    removed = 0
+    for kind, per_layer, kept in (("head", scores.heads, kept_heads), ("neuron", scores.neurons, kept_neurons)):
+        ranked = sorted((float(score), layer_index, i) for layer_index, row in enumerate(per_layer) for i, score in enumerate(row))
+        spent = 0
+        for _, layer_index, index in ranked:
+            layer = layers[layer_index]
+            cost = head_cost(hidden, layer.head_size) if kind == "head" else neuron_cost(hidden)
+            if spent >= budgets[kind]:  # the last cut may overshoot by one head or neuron: "at most" is kept
+                break
+            floor = 1 if kind == "head" else max(1, int(layer.neurons * MIN_NEURON_SHARE))
+            if len(kept[layer_index]) <= floor:
+                continue
+            kept[layer_index].discard(index)
+            spent += cost
+        removed += spent
+    return Selection([sorted(h) for h in kept_heads], [sorted(n) for n in kept_neurons], removed)

@@ -1,0 +1,65 @@
+"""Self-supervised recovery: distil the pruned model against the unpruned one on unlabelled text.
+
+The teacher's own hidden states are the targets (every layer's output and the final output,
+real tokens only); for classifiers, its class probabilities too. No labels anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from optimize.runtimes.base import Feeds
+
+LEARNING_RATE = 5e-5
+
+
+def distil(
+    student: Any, teacher: Any, batches: Callable[[], Iterator[Feeds]], steps: int, *, classifier: bool,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(0)
+    student.train()
+    for name, module in student.named_modules():  # no dropout: the student must match, not regularise
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 20) * max(0.0, 1 - step / steps))
+    started, done, losses = time.perf_counter(), 0, []
+    while done < steps:
+        for feeds in batches():
+            if done >= steps:
+                break
+            tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+            mask = tensors["attention_mask"].unsqueeze(-1).float()
+            with torch.no_grad():
+                want = teacher(**tensors, output_hidden_states=True, return_dict=True)
+            got = student(**tensors, output_hidden_states=True, return_dict=True)
+            loss = 0.0
+            for h_got, h_want in zip(got.hidden_states[1:], want.hidden_states[1:]):
+                scale = h_want.pow(2).mul(mask).sum() / mask.sum() / h_want.shape[-1]
+                loss = loss + ((h_got - h_want).pow(2) * mask).sum() / mask.sum() / h_want.shape[-1] / scale
+            if classifier:
+                loss = loss + torch.nn.functional.kl_div(
+                    got.logits.log_softmax(-1), want.logits.softmax(-1), reduction="batchmean"
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            done += 1
+            losses.append(float(loss.detach()))
+            if progress:
+                progress(done, losses[-1])
+    student.eval()
+    return {
+        "steps": steps,
+        "learning_rate": LEARNING_RATE,
+        "loss_first": float(f"{sum(losses[:10]) / max(1, len(losses[:10])):.4g}"),
+        "loss_last": float(f"{sum(losses[-10:]) / max(1, len(losses[-10:])):.4g}"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }

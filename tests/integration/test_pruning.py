@@ -1,0 +1,111 @@
+"""Structured pruning on tiny random models: physical removal, reconstruction, recovery, manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from optimize.api import export_model, parity_batches
+from optimize.config import CalibrationConfig, ExportJob, PruneConfig
+from optimize.exporter import resolve
+from optimize.pruning import prune
+from optimize.pruning.structure import encoder_layers, encoder_params, keep_heads, keep_neurons
+
+
+def _loaded(tiny_model_dir, kind="bert"):
+    return resolve(str(tiny_model_dir(kind)))
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+def test_cutting_heads_and_neurons_shrinks_the_matrices_and_still_runs(kind, tiny_model_dir):
+    loaded = _loaded(tiny_model_dir, kind)
+    module = loaded.module
+    layers = encoder_layers(module, loaded.hidden_size // loaded.num_heads)
+    before = encoder_params(layers)
+    keep_heads(module, layers[0], [0, 2])
+    keep_neurons(module, layers[1], list(range(0, layers[1].neurons, 2)))
+    assert layers[0].qkv[0].out_features == 2 * layers[0].head_size
+    assert layers[0].output.in_features == 2 * layers[0].head_size
+    assert layers[1].ffn_out.in_features == layers[1].neurons
+    assert encoder_params(layers) < before
+    ids = torch.tensor([[2, 5, 9, 11, 3]])
+    with torch.inference_mode():
+        out = module(input_ids=ids, attention_mask=torch.ones_like(ids))[loaded.output_name]
+    assert torch.isfinite(out).all()
+
+
+def test_cutting_a_head_whose_output_weights_are_zero_changes_nothing(tiny_model_dir):
+    """Physical removal is exact: a head that writes nothing can go without any effect."""
+    loaded = _loaded(tiny_model_dir)
+    module = loaded.module
+    layers = encoder_layers(module, loaded.hidden_size // loaded.num_heads)
+    size = layers[0].head_size
+    with torch.no_grad():
+        layers[0].output.weight[:, size : 2 * size] = 0.0
+    ids = torch.tensor([[2, 5, 9, 11, 3, 7]])
+    with torch.inference_mode():
+        want = module(input_ids=ids)[loaded.output_name].clone()
+    keep_heads(module, layers[0], [h for h in range(layers[0].heads) if h != 1])
+    with torch.inference_mode():
+        got = module(input_ids=ids)[loaded.output_name]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_job, tmp_path):
+    loaded = _loaded(tiny_model_dir)
+    job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o")
+    batches = parity_batches(loaded, job)
+    calibration = CalibrationConfig(size=64, seq_len=64)
+    plain = prune(loaded, PruneConfig(fraction=0.3, reconstruct=False), calibration, batches).report
+    fitted = prune(loaded, PruneConfig(fraction=0.3), calibration, batches).report
+    assert fitted["encoder_params_kept_share"] <= 0.71
+    assert fitted["macs_per_token_after"] < fitted["macs_per_token_before"]
+    assert plain["heads_kept"] == fitted["heads_kept"] and plain["neurons_kept"] == fitted["neurons_kept"]
+    assert all(h >= 1 for h in fitted["heads_kept"])
+    after_cut = fitted["pytorch_similarity"]["after_cut"]["cosine_mean"]
+    after_fit = fitted["pytorch_similarity"]["after_reconstruction"]["cosine_mean"]
+    assert after_fit > after_cut
+    # the reference module is untouched
+    assert encoder_params(encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)) == fitted["encoder_params_before"]
+
+
+def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
+    loaded = _loaded(tiny_model_dir)
+    batches = parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))
+    report = prune(loaded, PruneConfig(fraction=0.4, recover_steps=30), CalibrationConfig(size=64, seq_len=64), batches).report
+    assert report["recovery"]["loss_last"] < report["recovery"]["loss_first"]
+    similarity = report["pytorch_similarity"]
+    assert similarity["after_recovery"]["cosine_mean"] >= similarity["after_reconstruction"]["cosine_mean"] - 1e-3
+
+
+@pytest.mark.parametrize("target", ["ort-fp32", "ort-int8"])
+def test_pruned_export_has_smaller_matrices_and_a_manifest(target, tiny_model_dir, quick_job, tmp_path):
+    job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out", target=target)
+    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.3), calibration=CalibrationConfig(size=48, seq_len=64))
+    outcome = export_model(job)
+    pruning = outcome.manifest["pruning"]
+    assert pruning["encoder_params_after"] <= 0.71 * pruning["encoder_params_before"]
+    assert outcome.parity.ok
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    dims = {int(d) for t in model.graph.initializer if len(t.dims) == 2 for d in t.dims}
+    unpruned = {2, 64, 128, 192, 30522}  # token types, hidden, FFN/positions, packed QKV, vocabulary
+    assert dims - unpruned, "no matrix got narrower"
+    if target == "ort-fp32":
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("Attention") == 2  # fusion still happens with per-layer head counts
+
+
+def test_unpruned_export_records_no_pruning(tiny_model_dir, quick_job, tmp_path):
+    outcome = export_model(quick_job(str(tiny_model_dir("bert")), tmp_path / "out"))
+    assert outcome.manifest["pruning"] is None
+
+
+def test_prune_config_rejects_fractions_outside_zero_one():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError):
+            PruneConfig(fraction=bad)
+    assert not np.isnan(PruneConfig(fraction=0.5).fraction)
