@@ -343,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="optimize", standalone_mode=False)
-        return int(result) if isinstance(result, int) else 0
+        code = int(result) if isinstance(result, int) else 0
+        if code == 130:  # typer turns KeyboardInterrupt into Exit(130), which click returns silently
+            err.print("error: interrupted; nothing was written and any previous bundle is intact", markup=False)
+        return code
     except OptimizeError as exc:
         if debug:
             raise
