@@ -1,6 +1,6 @@
 """The accuracy suite: fine-tune the embedded BERT on Rotten Tomatoes, compile it, compare on `test`.
 
-    python benchmarks/accuracy.py [--targets ort-fp32,ort-int8] [--data ../shared/data/rotten_tomatoes.csv]
+    python benchmarks/accuracy.py [--targets ort-fp32,ort-int8,ort-fp32:--prune=0.3:--recover=300] [--data ../shared/data/rotten_tomatoes.csv]
 
 The fine-tuned classifier is cached in benchmarks/.cache/ (minutes to train on 2 cores, once).
 Calibration for int8 uses `train` texts, never `test`. Prints and returns a classification
@@ -140,7 +140,7 @@ def compile_targets(classifier: Path, data: Path, targets: list[str], out: Path,
     calibration.write_text("\n".join(train.texts[:2000]) + "\n", encoding="utf-8")
     bundles = {}
     for target in targets:
-        name = target + ("-" + "-".join(a.strip("-") for a in extra[target]) if extra and target in extra else "")
+        name = target + ("-" + "-".join(a.strip("-").replace("=", "") for a in extra[target]) if extra and target in extra else "")
         bundle = out / name
         command = [sys.executable, "-m", "optimize", "export", str(classifier), "--target", target, "--output", str(bundle),
                    "--force", "--no-speed", "--calibration", str(calibration), *(extra or {}).get(target, [])]
@@ -165,7 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
     classifier = fine_tune(args.data, CACHE / "minilm-rotten-tomatoes")
     test = load_split(args.data, "test")
     rows = {"pytorch fp32": report(test.labels, predict_torch(classifier, test.texts))}
-    bundles = compile_targets(classifier, args.data, [t for t in args.targets.split(",") if t], args.out)
+    # a target may carry export flags after colons: ort-fp32:--prune=0.3:--recover=300
+    specs = [t for t in args.targets.split(",") if t]
+    bundles = {}
+    for spec in specs:
+        target = spec.split(":")[0]
+        flags = spec.split(":")[1:]
+        bundles.update(compile_targets(classifier, args.data, [target], args.out, {target: flags} if flags else None))
     for name, bundle in bundles.items():
         rows[name] = report(test.labels, predict_bundle(bundle, test.texts))
     print(f"\nclassification report on rotten_tomatoes test ({len(test.texts)} texts):")
