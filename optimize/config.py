@@ -153,8 +153,12 @@ class PruneConfig:
     #: parity is always against the unpruned PyTorch model; pruning itself changes what the model
     #: computes, so each tolerance is the looser of the target's and these
     min_cosine: float = 0.95
-    min_cosine_floor: float = 0.80
     min_agreement: float = 0.80
+
+    @property
+    def min_cosine_floor(self) -> float:
+        """The worst text may lose 0.2 more than the mean (0.75 at the default 0.95)."""
+        return max(0.0, self.min_cosine - 0.2)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0:

@@ -26,7 +26,7 @@ class CalibrationSource:
 
     def _split(self) -> tuple[list[str], list[str]]:
         texts = calibration_texts(self.cfg.path, self.cfg.size + HELD_BACK)
-        held = min(HELD_BACK, max(1, len(texts) // 4)) if len(texts) > 1 else 0
+        held = min(HELD_BACK, max(1, len(texts) // 3)) if len(texts) > 1 else 0
         return (texts[:-held] if held else texts), (texts[-held:] if held else texts)
 
     def batches(self) -> Iterator[Feeds]:
