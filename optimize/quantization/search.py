@@ -7,7 +7,8 @@ calibration text (never the parity text) against the fp32 graph's own outputs:
 2. each layer takes its better form; layers are ordered by error per multiply-accumulate,
    so the cheapest accuracy is bought first;
 3. starting from all-int8, the fewest layers at the head of that order return to fp32 for the
-   held-back scores (on every held-back text) to meet the budget, found by bisection.
+   held-back scores (on every held-back text) to meet the budget, found by bisection; then the
+   largest of those are offered back one by one, each kept in int8 if the budget still holds.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Budget:
     cosine_min: float
     agreement: float
 
+
+#: at most this many fp32 layers are offered back to int8 after the bisection
+GIVE_BACK_TRIES = 8
 
 #: held-back texts the per-layer sensitivity is measured on (the budget uses them all).
 SENSITIVITY_TEXTS = 48
@@ -188,7 +192,22 @@ def search(
         scores[middle] = with_first_fp32(middle)
         low, high = (low, middle) if scores[middle].meets(budget) else (middle, high)
     score = scores.get(high) or Score(1.0, 1.0)
+    # The loss is only near-monotonic in k: bisection can overshoot. Give layers back, the most
+    # multiply-accumulates first (the biggest speed win), keeping each return that still meets
+    # the budget.
+    returned: list[Target] = []
+    for target in sorted(order[:high], key=lambda t: t.macs_per_token, reverse=True)[:GIVE_BACK_TRIES]:
+        if target.macs_per_token <= 1:
+            continue
+        trial_removed = [t for t in order[:high] if t is not target and t not in returned]
+        kept = [t for t in candidates if t not in trial_removed]
+        trial = evaluator.score(build([chosen(t) for t in kept]))
+        if trial.meets(budget):
+            returned.append(target)
+            score = trial
     for target in order[:high]:
+        if target in returned:
+            continue
         report = reports[target.node]
         lost = 1.0 - report.alone[report.choice].cosine_mean
         report.why = (
@@ -196,7 +215,7 @@ def search(
             "multiply-accumulate"
         )
         report.choice = "fp32"
-    active = [t for t in candidates if t not in order[:high]]
+    active = [t for t in candidates if t not in order[:high] or t in returned]
     plan = Plan(
         decisions=[chosen(t) for t in active],
         layers=[reports[t.node] for t in targets],
