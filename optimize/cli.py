@@ -9,16 +9,20 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-# typer 0.29+ vendors its own click: catch the exceptions of the click it actually runs on.
+# typer 0.29+ vendors its own click: catch the exceptions of the click it actually runs on
+# (its Exit and Abort moved to typer.exceptions; older typer used click's own).
 try:
     from typer import _click as click
 except ImportError:  # older typer drives the click package
     import click  # type: ignore[no-redef]
+_EXIT = getattr(click.exceptions, "Exit", typer.Exit)
+_ABORT = getattr(click.exceptions, "Abort", typer.Abort)
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -336,9 +340,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _on_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
+    """An interrupt that lands inside a __del__ or a callback cannot propagate: Python would print
+    "Exception ignored ... Traceback" and carry on. Deliver it again instead, at the next
+    ordinary line, where it unwinds and rolls back as any interrupt does."""
+    if isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
+        again = signal.SIGTERM if isinstance(unraisable.exc_value, Interrupted) else signal.SIGINT
+        # from another thread, a moment later: sent from here it would land inside this hook
+        # (or the same __del__) and be swallowed again
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), again))
+        timer.daemon = True
+        timer.start()
+        return
+    if os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0"):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _on_unraisable
     debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")
     command = typer.main.get_command(app)
     try:
@@ -359,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"optimize {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.info_name != "optimize" else "optimize --help"
         err.print(f"error: {_one_line(exc.format_message())}; see `{where}`", markup=False, highlight=False)
         return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _EXIT as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except (KeyboardInterrupt, _ABORT):
         err.print("error: interrupted; nothing was written and any previous bundle is intact", markup=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback

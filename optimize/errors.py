@@ -65,6 +65,22 @@ class Interrupted(OptimizeError):
     exit_code = 130
 
 
+def interrupt_behind(exc: BaseException) -> Interrupted | None:
+    """The Interrupted that a library wrapped in its own error (torch.export and onnxscript
+    re-raise what they catch), so that a catch-all for library failures never mistakes Ctrl-C
+    or SIGTERM for one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        if isinstance(current, KeyboardInterrupt):
+            return Interrupted("interrupted; nothing was written and any previous bundle is intact")
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it with the command line)",

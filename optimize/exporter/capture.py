@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from optimize.errors import interrupt_behind
+
 from optimize.config import ExportConfig
 from optimize.exporter.resolve import LoadedModel
 
@@ -138,6 +140,9 @@ def attempt(name: str, loaded: LoadedModel, cfg: ExportConfig) -> tuple[ir.Model
         with torch.no_grad():
             model = STRATEGIES[name](loaded, cfg)
     except Exception as exc:  # noqa: BLE001 - a failed strategy is a result, not a crash
+        interrupted = interrupt_behind(exc)
+        if interrupted is not None:  # SIGTERM mid-capture: stop, do not fall back
+            raise interrupted from None
         first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         reason = f"{exc.__class__.__name__}: {' '.join(first_line.split())[:300]}"
         return None, CaptureAttempt(name, False, time.perf_counter() - started, reason)

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from optimize.errors import OptimizeError, PassError
+from optimize.errors import OptimizeError, PassError, interrupt_behind
 from optimize.passes.base import OptimizePass, initializer_bytes, op_counts
 
 
@@ -67,6 +67,9 @@ class Pipeline:
             except OptimizeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any library failure becomes a PassError
+                interrupted = interrupt_behind(exc)
+                if interrupted is not None:
+                    raise interrupted from None
                 cause = exc.__cause__ or exc
                 before = ", ".join(p.name for p in self.passes[:index]) or "none"
                 detail = " ".join(str(cause).split())[:240] or cause.__class__.__name__

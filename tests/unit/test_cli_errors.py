@@ -1,0 +1,42 @@
+"""The CLI's last line of defence, in process: a bug is one `internal error:` line, and an
+interrupt that lands inside a __del__ still stops the command with its one line."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import optimize.api as api
+from optimize import cli
+from optimize.errors import Interrupted
+
+
+def _run(capsys) -> tuple[int, str]:
+    code = cli.main(["export", "bert", "--output", "/tmp/optimize-cli-test-never-written", "--no-speed"])
+    return code, capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_one_internal_error_line(monkeypatch, capsys):
+    def bug(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(api, "export_model", bug)
+    code, err = _run(capsys)
+    assert code == 1
+    assert err.startswith("internal error: ValueError: a bug") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_interrupt_inside_a_destructor_is_delivered_again(monkeypatch, capsys):
+    def export_with_a_noisy_destructor(*args, **kwargs):
+        class Finalized:
+            def __del__(self):
+                raise Interrupted("terminated by SIGTERM; test")
+
+        Finalized()
+        time.sleep(2)  # the re-delivered SIGTERM arrives here
+        pytest.fail("the interrupt was swallowed")
+
+    monkeypatch.setattr(api, "export_model", export_with_a_noisy_destructor)
+    code, err = _run(capsys)
+    assert code == 130 and err.startswith("error: terminated by SIGTERM") and "Traceback" not in err
