@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optimize.api import export_model, parity_batches
-from optimize.config import CalibrationConfig, ExportJob, PruneConfig
+from optimize.config import CalibrationConfig, PruneConfig
 from optimize.exporter import resolve
 from optimize.pruning import prune
 from optimize.pruning.structure import encoder_layers, encoder_params, keep_heads, keep_neurons

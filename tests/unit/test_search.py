@@ -5,7 +5,6 @@ amount of cosine, so the right answer is computable by hand.
 """
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from optimize.calibration.ranges import quant_params
