@@ -221,12 +221,13 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         )
 
     reference = loaded  # parity and speed are always against the unpruned PyTorch model
+    held_out = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
     pruning = None
     if job.prune.enabled:
         from optimize.pruning import prune
 
         reporter.phase("pruning")
-        pruned = prune(loaded, job.prune, job.calibration, parity_batches(loaded, job), progress=reporter.phase)
+        pruned = prune(loaded, job.prune, job.calibration, held_out, progress=reporter.phase)
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
 
@@ -251,7 +252,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     parity = compare(
         TorchRunner(reference),
         candidate,
-        parity_batches(loaded, job),
+        held_out,
         task=loaded.task,
         output=loaded.output_name,
         tolerances=tolerances,
@@ -283,7 +284,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             reason = tensorrt_unavailable()
             if reason is None:
                 reporter.phase("building the TensorRT engine")
-                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, parity_batches(loaded, job), job.engine)
+                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, held_out, job.engine)
             else:
                 line = (
                     f"engine not built: {reason}; copy {output} to the GPU machine, "
@@ -397,11 +398,9 @@ def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Repor
     batches = list(token_batches(tokenizer, texts, inputs, batch_size=min(16, engine.batch.maximum), seq_len=engine.sequence.maximum))
     manifest = copy.deepcopy(bundle.manifest)
     with bundles.staged(path, True) as staging:
-        for item in bundle.path.iterdir():
+        for item in bundle.path.iterdir():  # the timing cache among them: the build reuses it
             if item.is_file() and item.name not in (bundles.ENGINE_FILE, bundles.MANIFEST_FILE):
                 shutil.copy2(item, staging / item.name)
-        if (bundle.path / bundles.TIMING_CACHE_FILE).is_file():
-            shutil.copy2(bundle.path / bundles.TIMING_CACHE_FILE, staging / bundles.TIMING_CACHE_FILE)
         reporter.phase("building the TensorRT engine")
         from optimize.runtimes.tensorrt import profile_shapes
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from optimize.errors import EXIT_CODES, InputError, Interrupted, OptimizeError
+from optimize.errors import EXIT_CODES, INTERRUPTED, InputError, Interrupted, OptimizeError
 
 app = typer.Typer(
     name="optimize",
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="optimize", standalone_mode=False)
         code = int(result) if isinstance(result, int) else 0
         if code == 130:  # typer turns KeyboardInterrupt into Exit(130), which click returns silently
-            err.print("error: interrupted; nothing was written and any previous bundle is intact", markup=False)
+            err.print(f"error: {INTERRUPTED}", markup=False)
         return code
     except OptimizeError as exc:
         if debug:
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except _EXIT as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except (KeyboardInterrupt, _ABORT):
-        err.print("error: interrupted; nothing was written and any previous bundle is intact", markup=False)
+        err.print(f"error: {INTERRUPTED}", markup=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:

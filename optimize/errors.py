@@ -65,6 +65,10 @@ class Interrupted(OptimizeError):
     exit_code = 130
 
 
+#: what an interrupted command says: the staging folder is rolled back, the old bundle untouched
+INTERRUPTED = "interrupted; nothing was written and any previous bundle is intact"
+
+
 def interrupt_behind(exc: BaseException) -> Interrupted | None:
     """The Interrupted that a library wrapped in its own error (torch.export and onnxscript
     re-raise what they catch), so that a catch-all for library failures never mistakes Ctrl-C
@@ -75,7 +79,7 @@ def interrupt_behind(exc: BaseException) -> Interrupted | None:
         if isinstance(current, Interrupted):
             return current
         if isinstance(current, KeyboardInterrupt):
-            return Interrupted("interrupted; nothing was written and any previous bundle is intact")
+            return Interrupted(INTERRUPTED)
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

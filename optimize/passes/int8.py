@@ -168,6 +168,7 @@ class Int8Pass(OptimizePass):
         emit(model, plan.decisions, self.style)
 
         stats_texts, held_texts = self.source.counts()
+        linear = [d for d in plan.decisions if isinstance(d, Decision)]
         self.stats = {
             "style": self.style,
             "method": self.quant.method,
@@ -184,10 +185,10 @@ class Int8Pass(OptimizePass):
             "held_back_all_int8_plain": _score(plan.all_int8_plain),
             "held_back_all_int8_chosen": _score(plan.all_int8_chosen),
             "held_back_final": _score(plan.final),
-            "int8_layers": sum(1 for d in plan.decisions if isinstance(d, Decision)),
-            "smoothed_layers": sum(1 for d in plan.decisions if isinstance(d, Decision) and d.smooth is not None),
-            "split_layers": sum(1 for d in plan.decisions if isinstance(d, Decision) and d.outliers is not None),
-            "fp32_layers": len(targets) - sum(1 for d in plan.decisions if isinstance(d, Decision)),
+            "int8_layers": len(linear),
+            "smoothed_layers": sum(1 for d in linear if d.smooth is not None),
+            "split_layers": sum(1 for d in linear if d.outliers is not None),
+            "fp32_layers": len(targets) - len(linear),
             "activation_sites": len(sites),
             "int8_sites": sum(1 for d in plan.decisions if isinstance(d, SiteDecision)),
             "layers": [layer.as_dict() for layer in plan.layers],
