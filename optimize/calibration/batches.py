@@ -47,3 +47,33 @@ def token_batches(
 ) -> Iterator[Feeds]:
     for chunk in batched(texts, batch_size):
         yield tokenize(tokenizer, chunk, input_names, seq_len, pad_to_max)
+
+
+def length_bucketed_batches(
+    tokenizer,
+    texts: list[str],
+    input_names: tuple[str, ...],
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    pool_batches: int = 32,
+) -> Iterator[Feeds]:
+    """Every text once, in shuffled batches of similar length.
+
+    For training (pruning recovery): texts are shuffled by ``seed``, then each pool of
+    ``pool_batches`` batches is sorted by length before it is cut, so a batch pads to little more
+    than its own texts (the built-in corpus mixes 10-word sentences with 128-token paragraphs;
+    padding every batch to its longest text doubled the cost of a step). Batch order is shuffled
+    again so lengths do not come in waves.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    lengths = [len(ids) for ids in tokenizer([texts[i] for i in order], truncation=True, max_length=seq_len)["input_ids"]]
+    pool = batch_size * pool_batches
+    chunks: list[list[str]] = []
+    for start in range(0, len(order), pool):
+        members = sorted(range(start, min(start + pool, len(order))), key=lambda k: lengths[k])
+        chunks.extend([texts[order[k]] for k in members[i : i + batch_size]] for i in range(0, len(members), batch_size))
+    for index in rng.permutation(len(chunks)):
+        yield tokenize(tokenizer, chunks[index], input_names, seq_len)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.calibration.batches import token_batches
+from optimize.calibration.batches import length_bucketed_batches, token_batches
 from optimize.calibration.corpus import calibration_texts
 from optimize.config import CalibrationConfig, PruneConfig
 from optimize.exporter.resolve import LoadedModel
@@ -30,6 +30,9 @@ from optimize.runtimes.base import Feeds
 
 #: calibration texts the scores and the least-squares fits are measured on
 FIT_TEXTS = 256
+#: recovery draws from every calibration text up to this many (the built-in corpus has about
+#: 3,200): on 512 texts cycled the student over-fits them (held-out cosine 0.948 against 0.962)
+RECOVERY_TEXTS = 50_000
 
 
 @dataclasses.dataclass
@@ -95,8 +98,12 @@ def prune(
     recovery = None
     after_recovery = None
     if cfg.recover_steps > 0:
-        def batches():  # every calibration text, cycled by distil() as needed
-            return token_batches(loaded.tokenizer, texts, loaded.input_names, batch_size=16, seq_len=seq_len)
+        training_texts = calibration_texts(calibration.path, RECOVERY_TEXTS)
+
+        def batches(epoch: int):  # every text once per epoch, reshuffled each time
+            return length_bucketed_batches(
+                loaded.tokenizer, training_texts, loaded.input_names, batch_size=16, seq_len=seq_len, seed=epoch
+            )
 
         recovery = recover.distil(
             student, teacher, batches, cfg.recover_steps, classifier=loaded.task == "text-classification",
@@ -120,6 +127,7 @@ def prune(
         "neurons_total": [t.neurons for t in teacher_layers],
         "kept_head_indices": selection.heads,
         "scored_on_texts": len(texts[:FIT_TEXTS]),
+        "recovery_texts": len(training_texts) if cfg.recover_steps > 0 else 0,
         "reconstruction_relative_residual": fits,
         "pytorch_similarity": {"after_cut": after_cut, "after_reconstruction": after_fit, "after_recovery": after_recovery},
         "recovery": recovery,

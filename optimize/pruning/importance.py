@@ -1,11 +1,18 @@
 """How much each head and each FFN neuron contributes, measured on calibration text.
 
-No labels: the signal is the model's own computation. A head's score is the mean norm, over
-real tokens, of what it writes into the residual stream (its context vectors through its block
-of the output projection); a neuron's is the mean |activation| times the norm of its output
-weights (what it writes, likewise).
+No labels: the signal is the model's own computation. A head's score is the mean energy (squared
+norm), over real tokens, of what it writes into the residual stream (its context vectors through
+its block of the output projection); a neuron's is its mean squared activation times the squared
+norm of its output weights (what it writes, likewise). Energy, not the mean norm, because energy
+is what the least-squares reconstruction that follows has to make up for: at 30% the mean norm
+reached 0.9328 mean / 0.749 min cosine after reconstruction, energy 0.9340 / 0.822.
+Also measured and left out: Fisher scores of head and neuron masks on the normalised pooled
+output (better straight after the cut, 0.865 against 0.833, but 0.87-0.90 after reconstruction:
+they spare the last layers and cut the first ones, whose drift the fit cannot absorb); the
+Optimal-Brain-Surgeon cost of each removal with the others re-fitted (0.927); pruning in three
+rounds with a re-fit between (0.927).
 (Dividing by the norm of the residual each is written into was tried: it cut the last FFN
-hard and lost 0.014 of cosine at 30%.) Both are norms in the same space, so heads and neurons of
+hard and lost 0.014 of cosine at 30%.) Both are energies in the same space, so heads and neurons of
 every layer are ranked globally (heads against heads, neurons against neurons), and layers
 keep different amounts.
 """
@@ -41,7 +48,7 @@ def measure(module: Any, layers: list[LayerParts], batches: list[Feeds]) -> Scor
             context = args[0].reshape(-1, layer.heads, layer.head_size)
             # W_o blocks per head: [heads, head_size, hidden]
             blocks = layer.output.weight.detach().T.reshape(layer.heads, layer.head_size, -1)
-            written = torch.einsum("nhd,hdo->nho", context, blocks).norm(dim=-1)
+            written = torch.einsum("nhd,hdo->nho", context, blocks).pow(2).sum(-1)
             heads[index] += (written * state["mask"][:, None]).sum(0).double().numpy()
 
         return hook
@@ -50,9 +57,9 @@ def measure(module: Any, layers: list[LayerParts], batches: list[Feeds]) -> Scor
         layer = layers[index]
 
         def hook(_module: Any, args: tuple) -> None:
-            activation = args[0].reshape(-1, layer.neurons).abs()
-            weight_norm = layer.ffn_out.weight.detach().norm(dim=0)
-            neurons[index] += ((activation * state["mask"][:, None]).sum(0) * weight_norm).double().numpy()
+            activation = args[0].reshape(-1, layer.neurons).pow(2)
+            weight_energy = layer.ffn_out.weight.detach().pow(2).sum(dim=0)
+            neurons[index] += ((activation * state["mask"][:, None]).sum(0) * weight_energy).double().numpy()
 
         return hook
 

@@ -1,7 +1,14 @@
 """Self-supervised recovery: distil the pruned model against the unpruned one on unlabelled text.
 
 The teacher's own hidden states are the targets (every layer's output and the final output,
-real tokens only); for classifiers, its class probabilities too. No labels anywhere.
+real tokens only), plus the cosine of the mean-pooled output (what parity judges); for
+classifiers, its class probabilities too. No labels anywhere.
+
+What was measured (embedded BERT, 30% pruned, 300 steps, held-out cosine of the artifact):
+hidden states only at 5e-5 on 512 cycled texts 0.945; 2e-4 with the pooled term 0.948; the same
+on every calibration text (3,151, each seen about 1.5 times) 0.962: the student over-fits a small
+corpus, so recovery draws from all the calibration text there is. Weighting the pooled term
+tenfold against the hidden states gave 0.936: matching every layer generalises better.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from typing import Any
 
 from optimize.runtimes.base import Feeds
 
-LEARNING_RATE = 5e-5
+LEARNING_RATE = 2e-4
+#: weight of (1 - cosine of mean-pooled outputs) beside the per-layer hidden-state terms
+POOLED_WEIGHT = 1.0
 
 
 def distil(
-    student: Any, teacher: Any, batches: Callable[[], Iterator[Feeds]], steps: int, *, classifier: bool,
+    student: Any, teacher: Any, batches: Callable[[int], Iterator[Feeds]], steps: int, *, classifier: bool,
     progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -28,9 +37,10 @@ def distil(
             module.p = 0.0
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 20) * max(0.0, 1 - step / steps))
-    started, done, losses = time.perf_counter(), 0, []
+    started, done, losses, epoch = time.perf_counter(), 0, [], 0
     while done < steps:
-        for feeds in batches():
+        epoch += 1
+        for feeds in batches(epoch):
             if done >= steps:
                 break
             tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
@@ -42,6 +52,9 @@ def distil(
             for h_got, h_want in zip(got.hidden_states[1:], want.hidden_states[1:]):
                 scale = h_want.pow(2).mul(mask).sum() / mask.sum() / h_want.shape[-1]
                 loss = loss + ((h_got - h_want).pow(2) * mask).sum() / mask.sum() / h_want.shape[-1] / scale
+            pooled_got = (got.hidden_states[-1] * mask).sum(1) / mask.sum(1)
+            pooled_want = (want.hidden_states[-1] * mask).sum(1) / mask.sum(1)
+            loss = loss + POOLED_WEIGHT * (1 - torch.nn.functional.cosine_similarity(pooled_got, pooled_want, dim=-1)).mean()
             if classifier:
                 loss = loss + torch.nn.functional.kl_div(
                     got.logits.log_softmax(-1), want.logits.softmax(-1), reduction="batchmean"
@@ -59,6 +72,7 @@ def distil(
     return {
         "steps": steps,
         "learning_rate": LEARNING_RATE,
+        "epochs": epoch,
         "loss_first": float(f"{sum(losses[:10]) / max(1, len(losses[:10])):.4g}"),
         "loss_last": float(f"{sum(losses[-10:]) / max(1, len(losses[-10:])):.4g}"),
         "seconds": round(time.perf_counter() - started, 1),

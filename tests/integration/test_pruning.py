@@ -76,10 +76,13 @@ def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_j
 def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     batches = parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))
-    report = prune(loaded, PruneConfig(fraction=0.4, recover_steps=30), CalibrationConfig(size=64, seq_len=64), batches).report
-    assert report["recovery"]["loss_last"] < report["recovery"]["loss_first"]
+    # without the least-squares fit, so that recovery has the whole gap to close (on a tiny random
+    # model the fit alone leaves a loss of 1e-5, which recovery can only jitter around)
+    config = PruneConfig(fraction=0.4, reconstruct=False, recover_steps=30)
+    report = prune(loaded, config, CalibrationConfig(size=64, seq_len=64), batches).report
+    assert report["recovery"]["loss_last"] < report["recovery"]["loss_first"] / 2
     similarity = report["pytorch_similarity"]
-    assert similarity["after_recovery"]["cosine_mean"] >= similarity["after_reconstruction"]["cosine_mean"] - 1e-3
+    assert similarity["after_recovery"]["cosine_mean"] > similarity["after_reconstruction"]["cosine_mean"]
 
 
 @pytest.mark.parametrize("target", ["ort-fp32", "ort-int8"])
