@@ -1,6 +1,6 @@
 """The accuracy suite: fine-tune the embedded BERT on Rotten Tomatoes, compile it, compare on `test`.
 
-    python benchmarks/accuracy.py [--targets ort-fp32,ort-int8,ort-fp32:--prune=0.3:--recover=300] [--data ../shared/data/rotten_tomatoes.csv]
+    python benchmarks/accuracy.py [--targets ort-fp32,ort-int8,ort-fp32:--prune=0.3:--recover=850] [--data ../shared/data/rotten_tomatoes.csv]
 
 The fine-tuned classifier is cached in benchmarks/.cache/ (minutes to train on 2 cores, once).
 Calibration for int8 uses `train` texts, never `test`. Prints and returns a classification
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     classifier = fine_tune(args.data, CACHE / "minilm-rotten-tomatoes")
     test = load_split(args.data, "test")
     rows = {"pytorch fp32": report(test.labels, predict_torch(classifier, test.texts))}
-    # a target may carry export flags after colons: ort-fp32:--prune=0.3:--recover=300
+    # a target may carry export flags after colons: ort-fp32:--prune=0.3:--recover=850
     specs = [t for t in args.targets.split(",") if t]
     bundles = {}
     for spec in specs:
