@@ -50,6 +50,8 @@ def pass_summary(record: dict[str, Any]) -> str:
         return f"{name} ({stats['int8_layers']} of {linear} linear layers int8{extra}{sites})"
     if stats.get("tables"):
         return f"{name} ({len(stats['tables'])} tables, {stats['bytes_saved'] / 1e6:.0f} MB saved)"
+    if stats.get("weights"):
+        return f"{name} ({stats['weights']} fp32 weights stored int8, {stats['bytes_saved'] / 1e6:.0f} MB saved)"
     if stats.get("converted"):
         return f"{name} ({stats['converted']} converted)"
     return name

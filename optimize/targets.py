@@ -72,6 +72,7 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.embedding_int8 import EmbeddingInt8Pass
     from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.int8 import Int8Pass
+    from optimize.passes.weight_storage_int8 import WeightStorageInt8Pass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
@@ -82,6 +83,7 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
         Int8Pass(ctx.job.quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="ort", session=_ORT_CPU_SESSION),
         EmbeddingInt8Pass(),
         CleanupPass(),
+        WeightStorageInt8Pass(),  # last: cleanup's folding would turn it back into fp32
     ]
 
 
