@@ -47,8 +47,9 @@ EMBEDDED = {
 NOTES = [
     "- Ratios come from one run with every engine alternating; the same ratio moves by about 0.1x",
     "  between runs on this shared 2-core machine (ort-fp32 at b1/s128 has read 1.52x-1.67x).",
-    "- ort-int8 here keeps 15 of 24 linear layers int8: the budget judges top-1 neighbour agreement on",
-    "  192 held-back texts (0.96 to spend), and all-int8 reads 0.948 there. Judged on 96 texts the",
+    "- ort-int8 keeps 15-17 of 24 linear layers int8: the budget judges top-1 neighbour agreement on",
+    "  192 held-back texts (0.96 to spend), and all-int8 reads 0.948 there; the weights of the layers",
+    "  kept fp32 are stored int8 and folded back at load (23.7 MB). Judged on 96 texts the",
     "  search kept 23 of 24 (24.1 MB, 2.24-2.30x), but that sample passed trt-int8 graphs that then",
     "  failed parity (agreement 0.946 on 239 texts). The int8 GEMM on this AVX2 CPU (no VNNI) is only about 2x the fp32 GEMM (306 vs 151 GOPS).",
     "- Pruning at 30% of encoder parameters: PyTorch-side cosine 0.83 after the cut, 0.935 after the",
