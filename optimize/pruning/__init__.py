@@ -97,6 +97,7 @@ def prune(
 
     recovery = None
     after_recovery = None
+    training_texts: list[str] = []
     if cfg.recover_steps > 0:
         training_texts = calibration_texts(calibration.path, RECOVERY_TEXTS)
 
@@ -127,7 +128,7 @@ def prune(
         "neurons_total": [t.neurons for t in teacher_layers],
         "kept_head_indices": selection.heads,
         "scored_on_texts": len(texts[:FIT_TEXTS]),
-        "recovery_texts": len(training_texts) if cfg.recover_steps > 0 else 0,
+        "recovery_texts": len(training_texts),
         "reconstruction_relative_residual": fits,
         "pytorch_similarity": {"after_cut": after_cut, "after_reconstruction": after_fit, "after_recovery": after_recovery},
         "recovery": recovery,
