@@ -258,10 +258,13 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         tolerances=tolerances,
     )
     if not parity.ok:
-        raise ParityError(
-            f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)",
-            "choose a higher-precision target or relax the budget where the target allows it",
-        )
+        if pruning is not None:  # the cut, not the target, is the likelier cause: say what helps it
+            hint = "add recovery (e.g. --recover 850), prune less, or lower --prune-min-cosine"
+            if job.prune.recover_steps:
+                hint = "prune less, recover longer, or lower --prune-min-cosine"
+        else:
+            hint = "choose a higher-precision target or relax the budget where the target allows it"
+        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)", hint)
 
     speed = None
     if job.speed.enabled and target.runtime == "tensorrt":

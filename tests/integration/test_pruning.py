@@ -112,3 +112,13 @@ def test_prune_config_rejects_fractions_outside_zero_one():
         with pytest.raises(ValueError):
             PruneConfig(fraction=bad)
     assert not np.isnan(PruneConfig(fraction=0.5).fraction)
+
+
+def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_dir, quick_job, tmp_path):
+    from optimize.errors import ParityError
+
+    job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out")
+    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.4, reconstruct=False, min_cosine=0.99999), calibration=CalibrationConfig(size=48, seq_len=64))
+    with pytest.raises(ParityError) as refused:
+        export_model(job)
+    assert "--recover" in refused.value.fix and not (tmp_path / "out").exists()
