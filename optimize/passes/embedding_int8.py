@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from optimize.calibration.ranges import quantize_weight
 from optimize.passes.base import OptimizePass, adopt
 
 #: tables smaller than this stay fp32 (position and token-type embeddings: a few hundred KB).
@@ -37,8 +38,8 @@ class EmbeddingInt8Pass(OptimizePass):
             array = table.const_value.numpy()
             if array.ndim != 2 or array.dtype != np.float32 or array.size < self.min_elements:
                 continue
-            scales = np.maximum(np.abs(array).max(axis=1, keepdims=True) / 127.0, 1e-12).astype(np.float32)
-            quantized = np.clip(np.round(array / scales), -127, 127).astype(np.int8)
+            quantized, row_scales = quantize_weight(array, axis=0)  # one scale per row (token)
+            scales = row_scales[:, None]  # [vocab, 1]: gathered with the rows, broadcast over hidden
             error = max(error, float(np.abs(quantized * scales - array).max()))
             q_value = ir.Value(name=f"{table.name}_int8", const_value=ir.tensor(quantized))
             s_value = ir.Value(name=f"{table.name}_row_scale", const_value=ir.tensor(scales))

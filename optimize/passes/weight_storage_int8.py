@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from optimize.calibration.ranges import quantize_weight
 from optimize.passes.base import OptimizePass
 
 #: weights smaller than this stay fp32 (biases, the outlier side-paths' few rows)
@@ -51,10 +52,9 @@ class WeightStorageInt8Pass(OptimizePass):
                 continue
             if len(weight.uses()) != 1:  # shared weights: left alone rather than rebuilt twice
                 continue
-            column_max = np.abs(array).max(axis=0, keepdims=True)
-            scales = np.maximum(column_max / 127.0, 1e-12).astype(np.float32)
-            quantized = np.clip(np.round(array / scales), -127, 127).astype(np.int8)
-            relative_error = max(relative_error, float((np.abs(quantized * scales - array) / np.maximum(column_max, 1e-12)).max()))
+            quantized, scales = quantize_weight(array, axis=1)  # one scale per output column
+            column_range = scales * 127.0
+            relative_error = max(relative_error, float((np.abs(quantized * scales - array) / column_range).max()))
             q_value = ir.Value(name=f"{weight.name}_int8", const_value=ir.tensor(quantized))
             s_value = ir.Value(name=f"{weight.name}_column_scale", const_value=ir.tensor(scales))
             graph.register_initializer(q_value)
