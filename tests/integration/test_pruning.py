@@ -73,6 +73,39 @@ def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_j
     assert encoder_params(encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)) == fitted["encoder_params_before"]
 
 
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_layer_by_layer_forward_of_the_reconstruction_equals_the_model(kind, tiny_model_dir, quick_job, tmp_path):
+    """The fit runs each layer alone from cached inputs; chained, they must give the model's output."""
+    from optimize.pruning.reconstruct import _advance, _first_block_calls
+
+    loaded = _loaded(tiny_model_dir, kind)
+    batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[:2]
+    layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
+    calls = _first_block_calls(loaded.module, layers[0].block, batches)
+    for layer in layers:
+        calls = _advance(layer.block, calls)
+    with torch.inference_mode():
+        for call, feeds in zip(calls, batches):
+            want = loaded.module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
+            torch.testing.assert_close(call.args[0][call.real.reshape(want.shape[:2])], want[call.real.reshape(want.shape[:2])])
+
+
+def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):
+    from optimize.pruning.importance import HEAD_SHARE, Scores, select
+    from optimize.pruning.structure import head_cost, linear_params
+
+    loaded = _loaded(tiny_model_dir)
+    layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
+    rng = np.random.default_rng(0)
+    scores = Scores([rng.random(layer.heads) for layer in layers], [rng.random(layer.neurons) for layer in layers])
+    selection = select(scores, layers, loaded.hidden_size, 0.3)
+    head_params = sum(linear_params(lin) for layer in layers for lin in (*layer.qkv, layer.output))
+    heads_cut = sum(layer.heads - len(kept) for layer, kept in zip(layers, selection.heads))
+    head_share = heads_cut * head_cost(loaded.hidden_size, layers[0].head_size) / head_params
+    assert head_share == pytest.approx(HEAD_SHARE * 0.3, abs=head_cost(loaded.hidden_size, layers[0].head_size) / head_params)
+    assert selection.removed_params >= 0.3 * encoder_params(layers)
+
+
 def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     batches = parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))
