@@ -36,7 +36,7 @@ class Fusion:
 
 def _fusions() -> list[Fusion]:
     """onnxscript's fusions, in the order its ``fuse_xformers`` applies them."""
-    from onnxscript.rewriter.ort_fusions import attention, bias_gelu, erfgelu, gelu, mha, mha_bias, mha_scale, sdpa
+    from onnxscript.rewriter.ort_fusions import attention, bias_gelu, erfgelu, gelu, mha, mha_bias, mha_scale, sdpa, sdpa_via_mha
     from onnxscript.rewriter.ort_fusions import skip_normalization
 
     return [
@@ -50,6 +50,9 @@ def _fusions() -> list[Fusion]:
         Fusion("attention", attention.fuse_attention),
         Fusion("gelu", gelu.fuse_gelu),
         Fusion("bias_gelu", bias_gelu.fuse_bias_gelu),
+        # an SDPA the MHA rules could not take (a layer pruned to one head) becomes a plain
+        # MultiHeadAttention; left alone, ORT fails on the unlowered _fusion:SDPA function
+        Fusion("sdpa_via_mha", sdpa_via_mha.replace_sdpa_by_mha),
     ]
 
 

@@ -155,3 +155,14 @@ def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_d
     with pytest.raises(ParityError) as refused:
         export_model(job)
     assert "--recover" in refused.value.fix and not (tmp_path / "out").exists()
+
+
+def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_path):
+    """onnxscript's MHA rules do not take a one-head layer; its SDPA must not reach ORT unlowered."""
+    job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out")
+    prune_cfg = PruneConfig(fraction=0.3, what="heads", reconstruct=False, min_cosine=0.0, min_agreement=0.0)
+    outcome = export_model(dataclasses.replace(job, prune=prune_cfg, calibration=CalibrationConfig(size=48, seq_len=64)))
+    assert 1 in outcome.manifest["pruning"]["heads_kept"]
+    ops = outcome.manifest["passes"]["final_ops"]
+    assert not any(op.startswith("ai.onnxruntime._fusion") for op in ops)
+    assert ops["com.microsoft::Attention"] + ops.get("com.microsoft::MultiHeadAttention", 0) == 2
