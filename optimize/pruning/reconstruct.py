@@ -162,8 +162,9 @@ def reconstruct(student: Any, student_layers: list[LayerParts], teacher: Any, te
     """Re-fit every pruned layer's two output projections, first layer first.
 
     Both models advance one layer at a time from cached layer inputs, so each layer runs about
-    three times in all instead of the model running from the embeddings for every fit: the fit
-    can afford four times the texts (at 30%, 256 texts 0.945, 1536 texts 0.971 held-out cosine).
+    three times in all instead of the model running from the embeddings for every fit (1536
+    texts: 424 s before, 105 s after), so the fit can afford every calibration text (at 30%,
+    held-out cosine 0.945 on 256 texts, 0.973 on 3,151: fewer texts are over-fitted).
     """
     student_calls = _first_block_calls(student, student_layers[0].block, batches)
     teacher_calls = _first_block_calls(teacher, teacher_layers[0].block, batches)
