@@ -54,6 +54,8 @@ def pass_summary(record: dict[str, Any]) -> str:
         return f"{name} ({stats['weights']} fp32 weights stored int8, {stats['bytes_saved'] / 1e6:.0f} MB saved)"
     if stats.get("converted"):
         return f"{name} ({stats['converted']} converted)"
+    if stats.get("folded"):
+        return f"{name} ({stats['folded']} bias Adds folded into LayerNorms)"
     return name
 
 

@@ -53,6 +53,9 @@ def test_bert_fusions_reach_the_graph(tiny_model_dir, quick_job, tmp_path):
     mask = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "attention-mask-index")
     assert mask["stats"]["converted"] == 2
     assert "GatherND" not in ops and "Where" not in ops
+    # each block's output bias rides in the LayerNorm before it: no bias Add left on the residuals
+    fold = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "residual-bias-fold")
+    assert fold["stats"]["folded"] == 4
 
 
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
