@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from optimize.errors import EXIT_CODES, INTERRUPTED, InputError, Interrupted, OptimizeError
+from optimize.errors import EXIT_CODES, INTERRUPTED, TERMINATED, InputError, Interrupted, OptimizeError, Terminated
 
 app = typer.Typer(
     name="optimize",
@@ -332,8 +332,17 @@ def bench(
     out.print(f"wrote {written['json']}, {written['markdown']}, {written['png']}", markup=False)
 
 
+_signals_received: list[int] = []
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted("terminated by SIGTERM; nothing was written and any previous bundle is intact")
+    _signals_received.append(signum)
+    raise Terminated(TERMINATED)
+
+
+def _interrupt_line() -> str:
+    """typer and click re-wrap an interrupt (Exit(130), Abort), so remember which signal it was."""
+    return f"error: {TERMINATED if signal.SIGTERM in _signals_received else INTERRUPTED}"
 
 
 def _one_line(text: str) -> str:
@@ -345,7 +354,7 @@ def _on_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
     "Exception ignored ... Traceback" and carry on. Deliver it again instead, at the next
     ordinary line, where it unwinds and rolls back as any interrupt does."""
     if isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
-        again = signal.SIGTERM if isinstance(unraisable.exc_value, Interrupted) else signal.SIGINT
+        again = signal.SIGTERM if isinstance(unraisable.exc_value, (Interrupted, Terminated)) else signal.SIGINT
         # from another thread, a moment later: sent from here it would land inside this hook
         # (or the same __del__) and be swallowed again
         timer = threading.Timer(0.05, os.kill, (os.getpid(), again))
@@ -358,6 +367,7 @@ def _on_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    _signals_received.clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.unraisablehook = _on_unraisable
     debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="optimize", standalone_mode=False)
         code = int(result) if isinstance(result, int) else 0
         if code == 130:  # typer turns KeyboardInterrupt into Exit(130), which click returns silently
-            err.print(f"error: {INTERRUPTED}", markup=False)
+            err.print(_interrupt_line(), markup=False)
         return code
     except OptimizeError as exc:
         if debug:
@@ -383,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except _EXIT as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except (KeyboardInterrupt, _ABORT):
-        err.print(f"error: {INTERRUPTED}", markup=False)
+        err.print(_interrupt_line(), markup=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:

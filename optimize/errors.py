@@ -67,6 +67,13 @@ class Interrupted(OptimizeError):
 
 #: what an interrupted command says: the staging folder is rolled back, the old bundle untouched
 INTERRUPTED = "interrupted; nothing was written and any previous bundle is intact"
+TERMINATED = "terminated by SIGTERM; nothing was written and any previous bundle is intact"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised the way Python raises Ctrl-C: as a BaseException. Raised as an Exception,
+    it was swallowed by libraries' own ``except Exception`` (torch.onnx's op registry logged it
+    with a traceback and carried on, finishing an export the user had terminated)."""
 
 
 def interrupt_behind(exc: BaseException) -> Interrupted | None:
@@ -79,7 +86,7 @@ def interrupt_behind(exc: BaseException) -> Interrupted | None:
         if isinstance(current, Interrupted):
             return current
         if isinstance(current, KeyboardInterrupt):
-            return Interrupted(INTERRUPTED)
+            return Interrupted(TERMINATED if isinstance(current, Terminated) else INTERRUPTED)
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

@@ -3,13 +3,15 @@ interrupt that lands inside a __del__ still stops the command with its one line.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 
 import optimize.api as api
 from optimize import cli
-from optimize.errors import Interrupted
+from optimize.errors import Terminated
 
 
 def _run(capsys) -> tuple[int, str]:
@@ -31,7 +33,7 @@ def test_an_interrupt_inside_a_destructor_is_delivered_again(monkeypatch, capsys
     def export_with_a_noisy_destructor(*args, **kwargs):
         class Finalized:
             def __del__(self):
-                raise Interrupted("terminated by SIGTERM; test")
+                raise Terminated("terminated by SIGTERM; test")
 
         Finalized()
         time.sleep(2)  # the re-delivered SIGTERM arrives here
@@ -40,3 +42,21 @@ def test_an_interrupt_inside_a_destructor_is_delivered_again(monkeypatch, capsys
     monkeypatch.setattr(api, "export_model", export_with_a_noisy_destructor)
     code, err = _run(capsys)
     assert code == 130 and err.startswith("error: terminated by SIGTERM") and "Traceback" not in err
+
+
+def test_sigterm_is_not_swallowed_by_a_librarys_catch_all(monkeypatch, capsys):
+    """torch.onnx's op registry catches Exception, logs it with a traceback and carries on: a
+    SIGTERM raised as an Exception there was lost and the export finished anyway."""
+
+    def export_inside_a_catch_all(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+        except Exception:  # noqa: BLE001 - what the library does
+            pass
+        pytest.fail("the SIGTERM was swallowed")
+
+    monkeypatch.setattr(api, "export_model", export_inside_a_catch_all)
+    code, err = _run(capsys)
+    assert code == 130
+    assert err == "error: terminated by SIGTERM; nothing was written and any previous bundle is intact\n"
