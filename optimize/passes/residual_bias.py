@@ -64,7 +64,7 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
     inputs = list(user.inputs)
     if user.domain == "com.microsoft" and user.op_type == "Attention":
         weight = _constant(inputs[1]) if len(inputs) > 1 else None
-        if inputs[0] is not source or weight is None or len(inputs) < 3 or _constant(inputs[2]) is None:
+        if inputs[0] is not source or weight is None or len(inputs) < 3 or inputs[2] is None or inputs[2].const_value is None:
             return "Attention without constant weights and bias"
         return _BiasSlot(user, 2, weight)
     if user.op_type == "MatMul" and user.domain in ("", "ai.onnx"):
@@ -75,7 +75,7 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
         if follower is None:
             return "MatMul output used more than once"
         if follower.domain == "com.microsoft" and follower.op_type == "BiasGelu":
-            if _constant(follower.inputs[1]) is not None:
+            if follower.inputs[1] is not None and follower.inputs[1].const_value is not None:
                 return _BiasSlot(follower, 1, weight)
         elif follower.op_type == "Add" and follower.domain in ("", "ai.onnx"):
             for index, operand in enumerate(follower.inputs):
@@ -89,12 +89,11 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
 def _find_site(norm: ir.Node, graph_outputs: frozenset[ir.Value]) -> _Site | str:
     inputs = list(norm.inputs)
     out = norm.outputs[0]
-    if len(inputs) < 3 or _constant(inputs[2]) is None or _constant(inputs[1]) is None:
+    beta = _constant(inputs[2]) if len(inputs) > 2 else None
+    if beta is None or inputs[1] is None or inputs[1].const_value is None:
         return "LayerNormalization without constant scale and bias"
     if out in graph_outputs:
         return "output of the graph"
-    beta = _constant(inputs[2])
-    assert beta is not None
     if beta.dtype != np.float32:  # the declared type of ``out`` may be unknown; its bias's is not
         return "not float32"
     hidden = beta.shape
@@ -106,8 +105,8 @@ def _find_site(norm: ir.Node, graph_outputs: frozenset[ir.Value]) -> _Site | str
             bias_add = other.producer() if other is not None else None
             if bias_add is not None and bias_add.op_type == "Add" and _single_user(other) is user:
                 operands = list(bias_add.inputs)
-                constants = [(i, _constant(v)) for i, v in enumerate(operands) if _constant(v) is not None]
-                if len(constants) == 1 and constants[0][1].shape == hidden:  # type: ignore[union-attr]
+                constants = [(i, c) for i, v in enumerate(operands) if (c := _constant(v)) is not None]
+                if len(constants) == 1 and constants[0][1].shape == hidden:
                     index, bias = constants[0]
                     residuals.append((user, bias_add, operands[1 - index], bias))  # type: ignore[arg-type]
                     continue

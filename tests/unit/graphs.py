@@ -29,3 +29,16 @@ def value(name: str, dtype: int = TensorProto.FLOAT, shape=None):
 def run(m: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     session = ort.InferenceSession(ir.to_proto(m).SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def padded_encoder_feeds(names=("input_ids", "attention_mask", "token_type_ids"), batch: int = 2, seq: int = 9) -> dict[str, np.ndarray]:
+    """Token feeds for a tiny encoder graph, the second row padded from position 5."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((batch, seq), np.int64)
+    mask[1, 5:] = 0
+    feeds = {
+        "input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+    }
+    return {n: feeds[n] for n in names}

@@ -5,7 +5,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from graphs import model, run, value
+from graphs import model, padded_encoder_feeds, run, value
 from optimize.config import ExportConfig
 from optimize.exporter import export, resolve
 from optimize.passes.base import op_counts
@@ -19,22 +19,11 @@ def tiny_bert_graph(tiny_model_dir):
     return ir.to_proto(exported.model).SerializeToString()
 
 
-def _feeds(batch=2, seq=9):
-    rng = np.random.default_rng(0)
-    mask = np.ones((batch, seq), np.int64)
-    mask[1, 5:] = 0
-    return {
-        "input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((batch, seq), np.int64),
-    }
-
-
 def test_fuses_attention_and_bias_gelu_without_changing_outputs(tiny_bert_graph):
     import onnx
 
     m = ir.from_proto(onnx.load_from_string(tiny_bert_graph))
-    (before,) = run(m, _feeds())
+    (before,) = run(m, padded_encoder_feeds())
     fusion = OrtFusionPass(expected={"attention": 2, "bias_gelu": 2})
     fusion(m)
     ops = op_counts(m)
@@ -43,8 +32,8 @@ def test_fuses_attention_and_bias_gelu_without_changing_outputs(tiny_bert_graph)
     # SkipLayerNormalization stays unfused on purpose (slower on ORT's CPU kernel)
     assert "com.microsoft::SkipLayerNormalization" not in ops
     assert fusion.stats["missing"] == {}
-    (after,) = run(m, _feeds())
-    valid = _feeds()["attention_mask"][..., None]
+    (after,) = run(m, padded_encoder_feeds())
+    valid = padded_encoder_feeds()["attention_mask"][..., None]
     np.testing.assert_allclose(after * valid, before * valid, atol=1e-5)
 
 

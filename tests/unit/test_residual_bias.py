@@ -6,7 +6,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from graphs import model, run, tensor, value
+from graphs import model, padded_encoder_feeds, run, tensor, value
 from optimize.config import ExportConfig
 from optimize.exporter import export, resolve
 from optimize.passes.attention_mask import AttentionMaskIndexPass
@@ -31,22 +31,10 @@ def _fused(folder) -> tuple[ir.Model, tuple[str, ...]]:
     return m, loaded.input_names
 
 
-def _feeds(names, batch=2, seq=9):
-    rng = np.random.default_rng(0)
-    mask = np.ones((batch, seq), np.int64)
-    mask[1, 5:] = 0
-    feeds = {
-        "input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((batch, seq), np.int64),
-    }
-    return {n: feeds[n] for n in names}
-
-
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
 def test_folds_every_block_output_bias_without_changing_outputs(kind, tiny_model_dir):
     m, names = _fused(tiny_model_dir(kind))
-    feeds = _feeds(names)
+    feeds = padded_encoder_feeds(names)
     (before,) = run(m, feeds)
     adds_before = op_counts(m)["Add"]
 
