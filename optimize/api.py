@@ -18,7 +18,7 @@ import onnx_ir as ir
 from optimize import bundle as bundles
 from optimize.bench.hardware import fingerprint, package_versions
 from optimize.calibration.batches import token_batches, tokenize
-from optimize.calibration.corpus import held_out_paragraphs, parity_texts
+from optimize.calibration.corpus import TextSet, held_out_paragraphs, parity_sets, parity_texts
 from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig, Tolerances
 from optimize.errors import InputError, ParityError
 from optimize.exporter import ExportResult, LoadedModel, export, resolve
@@ -71,9 +71,11 @@ class ExportOutcome:
     output: Path
     target: str
     manifest: dict[str, Any]
-    parity: ParityReport
+    parity: ParityReport  # held-out text of the calibration domains
     speed: SpeedLine | None
     notes: list[str] = field(default_factory=list)
+    #: text of a domain no calibration source holds; None where it was turned off
+    unseen: ParityReport | None = None
 
 
 def session_for(target: Target, job: ExportJob, threads: int | None = None) -> SessionConfig:
@@ -84,17 +86,22 @@ def session_for(target: Target, job: ExportJob, threads: int | None = None) -> S
     )
 
 
-def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[Feeds]:
-    texts = list(dict.fromkeys(parity_texts(job.parity.path, job.parity.size)))  # exact duplicates tie neighbours
-    return list(
-        token_batches(
-            loaded.tokenizer,
-            texts,
-            loaded.input_names,
-            batch_size=job.parity.batch_size,
-            seq_len=min(job.parity.seq_len, loaded.max_sequence),
-        )
-    )
+@dataclass(frozen=True)
+class ParityText:
+    """One set of parity texts, tokenized once for every comparison that uses it."""
+
+    texts: TextSet
+    batches: list[Feeds]
+
+
+def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[ParityText]:
+    """The held-out text of the calibration domains first, then the unseen domain."""
+    sets = parity_sets(job.parity.path, job.calibration.path, job.parity.size, job.parity.unseen_size)
+    seq_len = min(job.parity.seq_len, loaded.max_sequence)
+    return [
+        ParityText(text_set, list(token_batches(loaded.tokenizer, text_set.texts, loaded.input_names, batch_size=job.parity.batch_size, seq_len=seq_len)))
+        for text_set in sets
+    ]
 
 
 def speed_feeds(loaded: LoadedModel, batch: int, seq_len: int) -> Feeds:
@@ -221,13 +228,18 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         )
 
     reference = loaded  # parity and speed are always against the unpruned PyTorch model
-    held_out = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    parity_text = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    if job.prune.enabled and job.calibration.path is None:
+        reporter.note(
+            "pruning fits the model to the built-in calibration text (four domains); "
+            "pass --calibration FILE with your own text to fit it to what it will see"
+        )
     pruning = None
     if job.prune.enabled:
         from optimize.pruning import prune
 
         reporter.phase("pruning")
-        pruned = prune(loaded, job.prune, job.calibration, held_out, progress=reporter.phase)
+        pruned = prune(loaded, job.prune, job.calibration, {p.texts.key: p.batches for p in parity_text}, progress=reporter.phase)
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
 
@@ -249,22 +261,26 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     tolerances = target.tolerances(loaded.task, job)
     if pruning is not None:
         tolerances = pruned_tolerances(tolerances, job)
-    parity = compare(
-        TorchRunner(reference),
-        candidate,
-        held_out,
-        task=loaded.task,
-        output=loaded.output_name,
-        tolerances=tolerances,
-    )
-    if not parity.ok:
+    torch_reference = TorchRunner(reference)
+    reports = [
+        compare(torch_reference, candidate, p.batches, task=loaded.task, output=loaded.output_name, tolerances=tolerances, texts=p.texts.label)
+        for p in parity_text
+    ]
+    parity, unseen = reports[0], (reports[1] if len(reports) > 1 else None)
+    failures = [f"{r.texts}: {f}" for r in reports for f in r.failures]
+    if failures:
         if pruning is not None:  # the cut, not the target, is the likelier cause: say what helps it
             hint = "add recovery (e.g. --recover 850), prune less, or lower --prune-min-cosine"
             if job.prune.recover_steps:
                 hint = "prune less, recover longer, or lower --prune-min-cosine"
         else:
             hint = "choose a higher-precision target or relax the budget where the target allows it"
-        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)", hint)
+        if unseen is not None and not unseen.ok and parity.ok and job.calibration.path is None:
+            hint += "; or calibrate on text like yours with --calibration FILE"
+        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(failures)} (no bundle written)", hint)
+    domain_gap = unseen_domain_gap(parity, unseen)
+    if domain_gap:
+        reporter.warn(domain_gap)
 
     speed = None
     if job.speed.enabled and target.runtime == "tensorrt":
@@ -275,9 +291,10 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
 
     reporter.phase("writing the bundle")
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
+    manifest["parity_unseen_domain"] = unseen.as_dict() if unseen else None
     manifest["pruning"] = pruning
     output = Path(job.output).absolute()
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
     with bundles.staged(output, job.force) as staging:
         bundles.save_model(model, staging)
         loaded.tokenizer.save_pretrained(staging)
@@ -287,7 +304,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             reason = tensorrt_unavailable()
             if reason is None:
                 reporter.phase("building the TensorRT engine")
-                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, held_out, job.engine)
+                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, parity_text[0].batches, job.engine)
             else:
                 line = (
                     f"engine not built: {reason}; copy {output} to the GPU machine, "
@@ -297,7 +314,27 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
                 notes.append(line)
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
-    return ExportOutcome(output, target.name, final, parity, speed, notes)
+    return ExportOutcome(output, target.name, final, parity, speed, notes, unseen)
+
+
+#: the unseen domain is "much worse" when it loses this many times the mean cosine the
+#: calibration domains lose, and at least UNSEEN_GAP_MIN in absolute terms
+UNSEEN_GAP_RATIO = 2.0
+UNSEEN_GAP_MIN = 0.005
+
+
+def unseen_domain_gap(seen: ParityReport, unseen: ParityReport | None) -> str | None:
+    """A line when the artifact holds up much worse on the unseen domain than on the calibration
+    domains: the compression learned its calibration text, and the user's text may be unlike it."""
+    if unseen is None:
+        return None
+    lost_seen, lost_unseen = 1.0 - seen.cosine_mean, 1.0 - unseen.cosine_mean
+    if lost_unseen < UNSEEN_GAP_MIN or lost_unseen < UNSEEN_GAP_RATIO * lost_seen:
+        return None
+    return (
+        f"on {unseen.texts} the artifact keeps cosine {unseen.cosine_mean:.4f} against {seen.cosine_mean:.4f} on "
+        f"{seen.texts}: its compression fits the calibration text; calibrate on text like yours with --calibration FILE"
+    )
 
 
 def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:

@@ -33,6 +33,8 @@ class ParityReport:
     nonfinite: int
     tolerances: Tolerances
     failures: tuple[str, ...] = field(default=())
+    #: what the texts were, for the report ("held-out text of the calibration domains (...)")
+    texts: str = "held-out texts"
 
     @property
     def ok(self) -> bool:
@@ -45,7 +47,7 @@ class ParityReport:
         if self.label_agreement is not None:
             parts.append(f"label agreement {self.label_agreement:.4f}")
         parts.append(f"max abs error {self.max_abs_error:.2e}")
-        return f"{', '.join(parts)} over {self.samples} held-out texts"
+        return f"{', '.join(parts)} over {self.samples} {self.texts}"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -141,6 +143,7 @@ def compare(
     task: str,
     output: str,
     tolerances: Tolerances,
+    texts: str = "held-out texts",
 ) -> ParityReport:
     """Run both runners on every batch and judge the candidate against the tolerances."""
     collected = _collect(reference, candidate, batches, output, task)
@@ -176,4 +179,5 @@ def compare(
         nonfinite=collected.nonfinite,
         tolerances=tolerances,
         failures=tuple(failures),
+        texts=texts,
     )
