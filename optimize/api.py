@@ -355,7 +355,11 @@ def prune_summary(report: dict[str, Any]) -> str:
     stages = [("cut", similarity["after_cut"]), ("reconstructed", similarity["after_reconstruction"])]
     if similarity["after_recovery"]:
         stages.append(("recovered", similarity["after_recovery"]))
-    figures = ", ".join(f"{name} {s['cosine_mean']:.4f}" for name, s in stages)
+    def figure(name: str, s: dict[str, Any]) -> str:
+        unseen = s.get("unseen_domain")
+        return f"{name} {s['cosine_mean']:.4f}" + (f" ({unseen['cosine_mean']:.4f} unseen domain)" if unseen else "")
+
+    figures = ", ".join(figure(name, s) for name, s in stages)
     return (
         f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
         f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "
