@@ -352,7 +352,8 @@ def compare_with_onnxruntime(
     """The same feeds through ONNX Runtime (``reference``) and the engine, judged as export parity is
     judged (``optimize.parity``), with Polygraphy's per-output error statistics kept beside the verdict.
     The batches must fit the engine's profile (trt_profile.cut_to_profile, ProfileFit)."""
-    from polygraphy.comparator import CompareFunc, IterationResult
+    from polygraphy import comparator
+    from polygraphy.comparator import IterationResult
     from polygraphy.logger import G_LOGGER
 
     statistics = _ErrorStatistics()
@@ -360,7 +361,9 @@ def compare_with_onnxruntime(
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray, Feeds]]:
         nonlocal count
-        compare_func = CompareFunc.simple(check_shapes=True)
+        # Polygraphy 0.53 has SimpleCompareFunc and deprecates CompareFunc.simple (gone in 0.60); 0.49 has only the latter
+        simple = getattr(comparator, "SimpleCompareFunc", None)
+        compare_func = simple(check_shapes=True) if simple is not None else comparator.CompareFunc.simple(check_shapes=True)
         for feeds in batches:
             want, got = reference.infer(feeds), engine.infer(feeds)
             with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # statistics, not failures: its log would say FAILED
