@@ -417,7 +417,7 @@ def build_bundle(path: Path, overrides: "EngineOverrides | None" = None, reporte
     import copy
     import shutil
 
-    from optimize.config import EngineOverrides
+    from optimize.config import EngineOverrides, ParityConfig
     from optimize.runtimes.tensorrt import device_here, require
     from optimize.runtimes.timing_cache import carried_files, foreign
     from optimize.runtimes.trt_profile import profile_shapes, recorded_engine
@@ -443,8 +443,10 @@ def build_bundle(path: Path, overrides: "EngineOverrides | None" = None, reporte
 
     tokenizer = AutoTokenizer.from_pretrained(bundle.path)
     inputs = tuple(i["name"] for i in bundle.manifest["io"]["inputs"])
-    texts = list(dict.fromkeys(parity_texts(None, 64)))
-    batches = list(token_batches(tokenizer, texts, inputs, batch_size=16, seq_len=engine.sequence.maximum))
+    # as many held-out texts as export parity takes: with 64, a single top-1 neighbour flip (1/64) would miss fp16's 0.99
+    parity = ParityConfig()
+    texts = list(dict.fromkeys(parity_texts(None, parity.size)))
+    batches = list(token_batches(tokenizer, texts, inputs, batch_size=parity.batch_size, seq_len=engine.sequence.maximum))
     manifest = copy.deepcopy(bundle.manifest)
     with bundles.staged(path, True) as staging:
         for item in carried_files(bundle.path, keep_timing_cache=cache_note is None):

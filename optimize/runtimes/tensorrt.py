@@ -54,11 +54,10 @@ POLYGRAPHY_RANGE = f">={POLYGRAPHY_MINIMUM[0]}.{POLYGRAPHY_MINIMUM[1]},<{POLYGRA
 
 
 def _release(version: str) -> tuple[int, int]:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(c for c in piece if c.isdigit()) if piece else ""
-        parts.append(int(digits) if digits else 0)
-    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+    """(major, minor) of a version string: "10.16.1.11" -> (10, 16)."""
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:2]]
+    major, minor = (numbers + [0, 0])[:2]
+    return major, minor
 
 
 def version_problem(name: str, version: str) -> str | None:
