@@ -221,25 +221,40 @@ def _shape_range(text: str, flag: str, lowest_default: int | None):  # -> ShapeR
 @app.command()
 def build(
     bundle: Annotated[Path, typer.Argument(help="A trt-fp16 or trt-int8 bundle folder.")],
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX (default: as exported).")] = None,
-    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX (default: as exported).")] = None,
-    workspace: Annotated[int, typer.Option(help="Builder workspace in MiB.")] = 4096,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    workspace: Annotated[Optional[int], typer.Option(help="Builder workspace in MiB (default: as the manifest records, 4096 at export).")] = None,
 ) -> None:
     """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
     from optimize.api import build_bundle
-    from optimize.config import EngineConfig
 
-    engine = None
-    if batch or seq_len:
-        engine = EngineConfig(
-            batch=_shape_range(batch or "1,1,32", "--batch", lowest_default=None),
-            sequence=_shape_range(seq_len or "128", "--seq-len", lowest_default=1),
-            workspace_mib=workspace,
-        )
+    overrides = build_overrides(batch, seq_len, workspace)
     with _progress() as progress:
-        manifest = build_bundle(bundle, engine, RichReporter(progress))
+        manifest = build_bundle(bundle, overrides, RichReporter(progress))
     info = manifest["tensorrt"]["engine"]
-    out.print(f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s); ONNX Runtime vs TensorRT within atol/rtol {info['ort_comparison']['atol']}")
+    low, _, high = next(iter(info["profile"].values()))
+    out.print(
+        f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s; "
+        f"profile batch {low[0]}-{high[0]}, sequence {low[1]}-{high[1]})",
+        markup=False,
+    )
+    parity = info["ort_comparison"]["parity"]
+    out.print(
+        f"engine vs ONNX Runtime: cosine mean {parity['cosine_mean']:.6f} min {parity['cosine_min']:.6f} over "
+        f"{parity['samples']} held-out texts, within {manifest['target']} tolerance",
+        markup=False,
+    )
+
+
+def build_overrides(batch: str | None, seq_len: str | None, workspace: int | None):  # -> EngineOverrides
+    """`optimize build`'s flags, each independent of the others; None keeps the manifest's value."""
+    from optimize.config import EngineOverrides
+
+    return EngineOverrides(
+        batch=_shape_range(batch, "--batch", lowest_default=None) if batch else None,
+        sequence=_shape_range(seq_len, "--seq-len", lowest_default=1) if seq_len else None,
+        workspace_mib=workspace,
+    )
 
 
 @app.command()

@@ -147,6 +147,20 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class EngineOverrides:
+    """``optimize build``'s flags: each one given replaces only its own part of the recorded
+    engine settings (None: keep what the bundle's manifest records)."""
+
+    batch: ShapeRange | None = None
+    sequence: ShapeRange | None = None
+    workspace_mib: int | None = None
+
+    def applied_to(self, recorded: EngineConfig) -> EngineConfig:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return dataclasses.replace(recorded, **changes)
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning before export (``--prune``); fraction 0 means none."""
 

@@ -114,11 +114,11 @@ class _Collected:
     nonfinite: int = 0
 
 
-def _collect(reference: Runner, candidate: Runner, batches: Iterable[Feeds], output: str, task: str) -> _Collected:
+def _collect(pairs: Iterable[tuple[np.ndarray, np.ndarray, Feeds]], task: str) -> _Collected:
     collected = _Collected()
-    for feeds in batches:
-        want = reference.infer(feeds)[output].astype(np.float64)
-        got = candidate.infer(feeds)[output].astype(np.float64)
+    for want, got, feeds in pairs:
+        want = want.astype(np.float64)
+        got = got.astype(np.float64)
         bad = ~np.isfinite(got)
         collected.nonfinite += int(bad.sum())
         got = np.where(bad, 0.0, got)
@@ -146,7 +146,16 @@ def compare(
     texts: str = "held-out texts",
 ) -> ParityReport:
     """Run both runners on every batch and judge the candidate against the tolerances."""
-    collected = _collect(reference, candidate, batches, output, task)
+    pairs = ((reference.infer(feeds)[output], candidate.infer(feeds)[output], feeds) for feeds in batches)
+    return compare_outputs(pairs, task=task, tolerances=tolerances)
+
+
+def compare_outputs(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray, Feeds]], *, task: str, tolerances: Tolerances
+) -> ParityReport:
+    """The same judgement on outputs someone else ran: (reference, candidate, the feeds) per batch.
+    The TensorRT engine check uses it to judge the engine against ONNX Runtime as export parity is judged."""
+    collected = _collect(pairs, task)
     if not collected.reference:
         raise ValueError("parity needs at least one batch")
     want = np.concatenate(collected.reference)
