@@ -147,11 +147,11 @@ def compare(
 ) -> ParityReport:
     """Run both runners on every batch and judge the candidate against the tolerances."""
     pairs = ((reference.infer(feeds)[output], candidate.infer(feeds)[output], feeds) for feeds in batches)
-    return compare_outputs(pairs, task=task, tolerances=tolerances)
+    return compare_outputs(pairs, task=task, tolerances=tolerances, texts=texts)
 
 
 def compare_outputs(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray, Feeds]], *, task: str, tolerances: Tolerances
+    pairs: Iterable[tuple[np.ndarray, np.ndarray, Feeds]], *, task: str, tolerances: Tolerances, texts: str = "held-out texts"
 ) -> ParityReport:
     """The same judgement on outputs someone else ran: (reference, candidate, the feeds) per batch.
     The TensorRT engine check uses it to judge the engine against ONNX Runtime as export parity is judged."""
