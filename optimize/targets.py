@@ -14,6 +14,7 @@ from optimize.config import ExportJob, SessionConfig, Tolerances
 from optimize.errors import InputError
 from optimize.exporter.resolve import LoadedModel
 from optimize.passes.base import OptimizePass
+from optimize.quantization.qat import Int8Scheme
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class PassContext:
 
     loaded: LoadedModel
     job: ExportJob
+    #: the int8 plan --qat trained under, with its learned ranges, keyed by each layer's weights (qat.weight_key)
+    qat_schemes: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Target:
     session: SessionConfig = field(default_factory=SessionConfig)
     #: checks the job before any model is loaded (cheap refusals first).
     preflight: Callable[[ExportJob], None] | None = None
+    #: int8 targets: the arithmetic their int8 pass emits (what --qat trains under)
+    int8: Int8Scheme | None = None
 
     def availability(self) -> str | None:
         """None if this machine can produce the whole target, else a one-line reason."""
@@ -63,6 +68,7 @@ def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.residual_bias import ResidualBiasFoldPass
+    from optimize.passes.unpad import UnpadPass
 
     # The mask-index pass drops the exporter's ~20-node attention-bias subgraph: bit-identical
     # outputs, about 0.3 ms (1%) of the 24 ms at batch 1, sequence 128 by profile. The
@@ -74,6 +80,7 @@ def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
         CleanupPass(),
         AttentionMaskIndexPass(),
         ResidualBiasFoldPass(),
+        UnpadPass(),  # after the fold, which looks for LayerNorm -> Attention on the padded layout
     ]
 
 
@@ -84,6 +91,7 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.embedding_int8 import EmbeddingInt8Pass
     from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.int8 import Int8Pass
+    from optimize.passes.unpad import UnpadPass
     from optimize.passes.weight_storage_int8 import WeightStorageInt8Pass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
@@ -92,9 +100,13 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
         OrtFusionPass(expected=expected_fusions(ctx.loaded)),
         CleanupPass(),
         AttentionMaskIndexPass(),
-        Int8Pass(ctx.job.quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="ort", session=_ORT_CPU_SESSION),
+        Int8Pass(
+            ctx.job.quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="ort", session=_ORT_CPU_SESSION,
+            fixed=ctx.qat_schemes,
+        ),
         EmbeddingInt8Pass(),
         CleanupPass(),
+        UnpadPass(),
         WeightStorageInt8Pass(),  # last: cleanup's folding would turn it back into fp32
     ]
 
@@ -105,6 +117,7 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.fp16 import Fp16Pass
     from optimize.passes.fusion import OrtFusionPass
+    from optimize.passes.unpad import UnpadPass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
@@ -119,6 +132,7 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
             session=_ORT_CPU_SESSION,
         ),
         CleanupPass(),
+        UnpadPass(),
     ]
 
 
@@ -174,7 +188,7 @@ def _trt_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     return [
         CleanupPass(),
         MaskFillPass(),
-        Int8Pass(quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="qdq", sites=True),
+        Int8Pass(quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="qdq", sites=True, fixed=ctx.qat_schemes),
         CleanupPass(),
         TrtReadinessPass(),
     ]
@@ -225,6 +239,7 @@ TARGETS: dict[str, Target] = {
             passes=_ort_int8_passes,
             tolerances=_int8_tolerances,
             session=_ORT_CPU_SESSION,
+            int8=Int8Scheme(symmetric_activations=False, int8_embeddings=True),
         ),
         Target(
             name="ort-fp16",
@@ -252,6 +267,7 @@ TARGETS: dict[str, Target] = {
             precision="int8",
             passes=_trt_int8_passes,
             tolerances=_int8_tolerances,
+            int8=Int8Scheme(symmetric_activations=True, int8_embeddings=False),
         ),
     )
 }
