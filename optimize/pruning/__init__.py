@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from optimize.calibration.batches import length_bucketed_batches
-from optimize.calibration.corpus import calibration_texts
+from optimize.calibration.corpus import RECOVERY_TEXTS_MAX, calibration_texts
 from optimize.config import CalibrationConfig, PruneConfig
 from optimize.exporter.resolve import LoadedModel
 from optimize.parity import similarity_scores
@@ -33,8 +33,8 @@ from optimize.runtimes.base import Feeds
 #: 3151 0.9728 (about 3 minutes on 2 cores); the fit over-fits few texts.
 FIT_TEXTS = 4096
 #: recovery draws from every calibration text up to this many (the built-in corpus has about
-#: 3,200): on 512 texts cycled the student over-fits them (held-out cosine 0.948 against 0.962)
-RECOVERY_TEXTS = 50_000
+#: 14,000): on 512 texts cycled the student over-fits them (held-out cosine 0.948 against 0.962)
+RECOVERY_TEXTS = RECOVERY_TEXTS_MAX
 
 
 @dataclasses.dataclass
@@ -93,7 +93,7 @@ def prune(
     seq_len = min(calibration.seq_len, loaded.max_sequence)
     macs_before = structure.macs_per_token(layers, seq_len)
 
-    texts = calibration_texts(calibration.path, max(FIT_TEXTS, calibration.size))
+    texts = calibration_texts(calibration.path, max(FIT_TEXTS, calibration.size), calibration.text_column)
     # batches of similar length: the corpus mixes sentences with paragraphs, and a batch padded
     # to its longest member spent three quarters of the scoring and fitting on padding
     fit_batches = list(
@@ -114,14 +114,14 @@ def prune(
     fits: list[dict[str, float]] = []
     if cfg.reconstruct:
         progress("pruning: least-squares reconstruction of the output projections")
-        fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches)
+        fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches, selection.heads, selection.neurons)
     after_fit = _similarity(loaded, reference, student, parity_sets)
 
     recovery = None
     after_recovery = None
     training_texts: list[str] = []
     if cfg.recover_steps > 0:
-        training_texts = calibration_texts(calibration.path, RECOVERY_TEXTS)
+        training_texts = calibration_texts(calibration.path, RECOVERY_TEXTS, calibration.text_column)
 
         def batches(epoch: int):  # every text once per epoch, reshuffled each time
             return length_bucketed_batches(

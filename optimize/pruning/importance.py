@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from optimize.pruning import reconstruct
 from optimize.pruning.structure import LayerParts, head_cost, neuron_cost
 from optimize.runtimes.base import Feeds
 
@@ -71,8 +72,11 @@ def measure(module: Any, layers: list[LayerParts], batches: list[Feeds]) -> Scor
         with torch.inference_mode():
             for feeds in batches:
                 tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
-                state["mask"] = tensors["attention_mask"].reshape(-1).float()
-                state["tokens"] += int(state["mask"].sum())
+                mask = tensors["attention_mask"]
+                lengths = mask.sum(dim=1, keepdim=True).float().clamp_min(1.0)
+                # tokens weighted as the reconstruction weighs them (reconstruct.TEXT_WEIGHT_POWER)
+                state["mask"] = (mask.float() * lengths ** -reconstruct.TEXT_WEIGHT_POWER).reshape(-1)
+                state["tokens"] += float(state["mask"].sum())
                 module(**tensors)
     finally:
         for handle in handles:

@@ -27,7 +27,10 @@ POOLED_WEIGHT = 1.0
 def distil(
     student: Any, teacher: Any, batches: Callable[[int], Iterator[Feeds]], steps: int, *, classifier: bool,
     progress: Callable[[int, float], None] | None = None,
+    parameter_groups: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Train ``student`` towards ``teacher`` for ``steps`` batches; ``parameter_groups`` (torch
+    optimizer groups with their own learning rates) default to every parameter at LEARNING_RATE."""
     import torch
 
     torch.manual_seed(0)
@@ -35,7 +38,8 @@ def distil(
     for name, module in student.named_modules():  # no dropout: the student must match, not regularise
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0)
+    groups = parameter_groups or [{"params": [p for p in student.parameters() if p.requires_grad], "lr": LEARNING_RATE}]
+    optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 20) * max(0.0, 1 - step / steps))
     started, done, losses, epoch = time.perf_counter(), 0, [], 0
     while done < steps:
@@ -61,7 +65,7 @@ def distil(
                 )
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             optimizer.step()
             schedule.step()
             done += 1
@@ -71,7 +75,7 @@ def distil(
     student.eval()
     return {
         "steps": steps,
-        "learning_rate": LEARNING_RATE,
+        "learning_rate": [g["lr"] for g in groups] if parameter_groups else LEARNING_RATE,
         "epochs": epoch,
         "loss_first": float(f"{sum(losses[:10]) / max(1, len(losses[:10])):.4g}"),
         "loss_last": float(f"{sum(losses[-10:]) / max(1, len(losses[-10:])):.4g}"),
