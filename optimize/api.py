@@ -25,7 +25,8 @@ from optimize.exporter import ExportResult, LoadedModel, export, resolve
 from optimize.exporter.validate import check_graph
 from optimize.parity import ParityReport, compare
 from optimize.passes.pipeline import PipelineReport
-from optimize.runtimes.base import Feeds
+from optimize.runtimes.base import Feeds, Runner
+from optimize.textdata import Rows
 from optimize.targets import PassContext, Target, get_target
 from optimize.passes.pipeline import Pipeline
 
@@ -96,7 +97,7 @@ class ParityText:
 
 def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[ParityText]:
     """The held-out text of the calibration domains first, then the unseen domain."""
-    sets = parity_sets(job.parity.path, job.calibration.path, job.parity.size, job.parity.unseen_size)
+    sets = parity_sets(job.parity.path, job.calibration.path, job.parity.size, job.parity.unseen_size, job.calibration.text_column)
     seq_len = min(job.parity.seq_len, loaded.max_sequence)
     return [
         ParityText(text_set, list(token_batches(loaded.tokenizer, text_set.texts, loaded.input_names, batch_size=job.parity.batch_size, seq_len=seq_len)))
@@ -214,6 +215,11 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     target = get_target(job.target)
     if target.preflight:
         target.preflight(job)
+    if job.quant.qat_steps and target.int8 is None:
+        raise InputError(
+            f"--qat trains for int8, and target {target.name} is not an int8 target",
+            "use --target ort-int8 or trt-int8 with --qat, or drop --qat",
+        )
     bundles.preflight(Path(job.output).absolute(), job.force)
 
     reporter.phase("loading the model")
@@ -243,12 +249,17 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
 
+    qat = None
+    if job.quant.qat_steps:
+        assert target.int8 is not None
+        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter)
+
     reporter.phase("exporting to ONNX")
     exported = export(loaded, job.export)
     model = exported.model
 
     reporter.phase(f"running the {target.name} passes")
-    pipeline = Pipeline(target.passes(PassContext(loaded, job)))
+    pipeline = Pipeline(target.passes(PassContext(loaded, job, qat.schemes if qat else None)))
     report = pipeline.run(model, progress=lambda name: reporter.phase(f"pass: {name}"))
     for record in report.records:
         for fusion, why in record.stats.get("missing", {}).items():
@@ -281,6 +292,14 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     domain_gap = unseen_domain_gap(parity, unseen)
     if domain_gap:
         reporter.warn(domain_gap)
+    evaluation = None
+    if job.evaluation.enabled:
+        reporter.phase("evaluating on the labelled rows (--eval-data)")
+        evaluation = accuracy_gate(reference, candidate, loaded, job, target)
+        reporter.note(
+            f"accuracy on {evaluation['rows']} rows of {job.evaluation.path.name}: {evaluation['source']['accuracy']:.4f} -> "
+            f"{evaluation['artifact']['accuracy']:.4f} ({evaluation['accuracy_drop']:+.2f} points, allowed {job.evaluation.max_accuracy_drop})"
+        )
 
     speed = None
     if job.speed.enabled and target.runtime == "tensorrt":
@@ -293,6 +312,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
     manifest["parity_unseen_domain"] = unseen.as_dict() if unseen else None
     manifest["pruning"] = pruning
+    manifest["qat"] = qat.report if qat else None
+    manifest["evaluation"] = evaluation
     output = Path(job.output).absolute()
     notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
     with bundles.staged(output, job.force) as staging:
@@ -337,6 +358,78 @@ def unseen_domain_gap(seen: ParityReport, unseen: ParityReport | None) -> str | 
     )
 
 
+def gate_rows(job: ExportJob) -> Rows:
+    """The --eval-data rows the gate judges on: every row whose text no calibration, fit or
+    recovery read (a user may pass overlapping files)."""
+    from optimize.calibration.corpus import RECOVERY_TEXTS_MAX, calibration_texts
+    from optimize.textdata import read_rows
+
+    cfg = job.evaluation
+    assert cfg.path is not None
+    rows = read_rows(cfg.path, text_column=cfg.text_column, label_column=cfg.label_column, flag="--eval-data")
+    seen = set(calibration_texts(job.calibration.path, RECOVERY_TEXTS_MAX, job.calibration.text_column))
+    keep = [i for i, text in enumerate(rows.texts) if text not in seen]
+    if not keep:
+        raise InputError(
+            f"every row of --eval-data {cfg.path} is also calibration text", "evaluate on rows the calibration never saw"
+        )
+    assert rows.labels is not None
+    return Rows(rows.path, tuple(rows.texts[i] for i in keep), tuple(rows.labels[i] for i in keep))
+
+
+def accuracy_gate(reference: LoadedModel, candidate: Runner, loaded: LoadedModel, job: ExportJob, target: Target) -> dict[str, Any]:
+    """--eval-data: the artifact against its source model on the user's labelled rows; a drop past
+    --max-accuracy-drop is a ParityError (exit 6, no bundle)."""
+    from optimize.evaluation import compare_on_rows, label_ids, predict
+    from optimize.runtimes.torch_ref import TorchRunner
+
+    if loaded.task != "text-classification":
+        raise InputError(
+            f"--eval-data measures classification accuracy, and this is a {loaded.task} export",
+            "pass --task text-classification with a classifier, or drop --eval-data",
+        )
+    rows = gate_rows(job)
+    config = reference.module.config
+    id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    assert rows.labels is not None
+    truth = label_ids(rows.labels, id2label, rows.path)
+    seq_len = min(job.export.seq_len, reference.max_sequence)
+    source = predict(TorchRunner(reference), reference.tokenizer, reference.input_names, rows.texts, seq_len, output=reference.output_name)
+    artifact = predict(candidate, loaded.tokenizer, loaded.input_names, rows.texts, seq_len, output=loaded.output_name)
+    report = compare_on_rows(truth, source, artifact, [id2label[i] for i in sorted(id2label)])
+    limit = job.evaluation.max_accuracy_drop
+    if report.accuracy_drop > limit:
+        low, high = report.drop_interval
+        raise ParityError(
+            f"{target.name} artifact loses {report.accuracy_drop:.2f} accuracy points on {report.rows} rows of {rows.path.name} "
+            f"({report.source.accuracy:.4f} -> {report.artifact.accuracy:.4f}, 95% interval {low:+.2f} to {high:+.2f}) "
+            f"> --max-accuracy-drop {limit} (no bundle written)",
+            "compress less (a higher-precision target, less --prune, more --recover or --qat steps) or allow a larger drop",
+        )
+    return {**report.as_dict(), "file": str(rows.path), "max_accuracy_drop": limit}
+
+
+def _quantization_aware(loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter):  # -> (LoadedModel, QatOutcome)
+    """--qat: the post-training int8 plan first (the target's passes on a first export), then the
+    model trained under it against the unpruned fp32 model."""
+    from optimize.passes.int8 import Int8Pass
+    from optimize.quantization.qat import quantization_aware_distillation
+
+    assert target.int8 is not None
+    reporter.phase("quantization-aware distillation: the post-training plan to start from")
+    passes = target.passes(PassContext(loaded, job))
+    Pipeline(passes).run(export(loaded, job.export).model)
+    plan = next(p for p in passes if isinstance(p, Int8Pass)).plan
+    trained, qat = quantization_aware_distillation(
+        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase
+    )
+    reporter.note(
+        f"quantization-aware distillation: {len(plan)} int8 layers planned, {job.quant.qat_steps} steps on "
+        f"{qat.report['texts']} texts, loss {qat.report['loss_first']} -> {qat.report['loss_last']} ({qat.report['seconds']:.0f} s)"
+    )
+    return trained, qat
+
+
 def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
     """The looser of the target's tolerances and the pruning ones (--prune-min-cosine)."""
     cfg = job.prune
@@ -345,7 +438,7 @@ def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
         cosine_mean=min(tolerances.cosine_mean, cfg.min_cosine),
         cosine_min=min(tolerances.cosine_min, cfg.min_cosine_floor),
         neighbour_agreement=min(tolerances.neighbour_agreement, cfg.min_agreement),
-        label_agreement=min(tolerances.label_agreement, max(cfg.min_agreement, 0.9)),
+        label_agreement=min(tolerances.label_agreement, cfg.min_label_agreement),
         max_abs_error=None,
     )
 

@@ -61,8 +61,10 @@ class Tolerances:
 class CalibrationConfig:
     """Where calibration text comes from and how much of it is used."""
 
-    path: Path | None = None  # None: CPython's pydoc_data/topics.py
+    path: Path | None = None  # None: the built-in corpus of four domains (calibration/corpus.py)
     size: int = 512  # sentences
+    #: the column of texts where ``path`` (or --parity-text, --eval-data) is a CSV, TSV or JSON-lines file
+    text_column: str = "text"
     batch_size: int = 16
     seq_len: int = 128
 
@@ -79,6 +81,21 @@ class ParityConfig:
     unseen_size: int = 600
     batch_size: int = 16
     seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The accuracy gate on export (``--eval-data``): labelled rows the artifact must not lose
+    more than ``max_accuracy_drop`` points on, against its source model."""
+
+    path: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_accuracy_drop: float = 1.0  # accuracy points (percent)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,8 @@ class QuantConfig:
     smooth_alpha: float | None = 0.5
     #: a layer listed here by label (L0.ffn_out) or node name stays fp32.
     keep_fp32: tuple[str, ...] = ()
+    #: quantization-aware distillation steps before export (0: post-training int8 only)
+    qat_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +191,8 @@ class PruneConfig:
     #: parity is always against the unpruned PyTorch model; pruning itself changes what the model
     #: computes, so each tolerance is the looser of the target's and these
     min_cosine: float = 0.95
-    min_agreement: float = 0.80
+    min_agreement: float = 0.80  # top-1 neighbour agreement (features)
+    min_label_agreement: float = 0.90  # label agreement (classifiers; --eval-data judges the task itself)
 
     @property
     def min_cosine_floor(self) -> float:
@@ -207,6 +227,7 @@ class ExportJob:
     half: HalfConfig = field(default_factory=HalfConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
 
 

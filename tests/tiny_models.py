@@ -32,8 +32,11 @@ def _bpe_tokenizer():
     )
 
 
-def build(kind: str, folder: Path, *, classification: bool = False, layers: int = 2, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` model (random weights, fixed seed) and its tokenizer to ``folder``."""
+def build(kind: str, folder: Path, *, classification: bool = False, layers: int = 2, seed: int = 0, init_std: float | None = None) -> Path:
+    """Write a tiny ``kind`` model (random weights, fixed seed) and its tokenizer to ``folder``.
+
+    ``init_std``: the weights' standard deviation (transformers' default 0.02 leaves a random
+    model's layers nearly inert; a larger one makes what they compute matter)."""
     import torch
     import transformers as tf
 
@@ -58,6 +61,8 @@ def build(kind: str, folder: Path, *, classification: bool = False, layers: int 
         )
     else:
         raise ValueError(kind)
+    if init_std is not None:
+        config.initializer_range = init_std
     if classification:
         config.num_labels = 3
         model = tf.AutoModelForSequenceClassification.from_config(config)

@@ -163,27 +163,12 @@ def unseen_domain_texts() -> tuple[str, ...]:
     return UNSEEN_DOMAIN.paragraphs()
 
 
-def read_text_lines(path: Path) -> Iterator[str]:
-    """Stream non-empty lines of a UTF-8 text file; problems become one-line InputErrors."""
-    if not path.exists():
-        raise InputError(f"text file {path} does not exist", "check the path given to --calibration")
-    if path.is_dir():
-        raise InputError(f"text file {path} is a folder", "pass a UTF-8 text file with one text per line")
-    try:
-        with open(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(
-                        f"text file {path} is not valid UTF-8 (line {line_number}, byte {exc.start})",
-                        "convert it with `iconv -f LATIN1 -t UTF-8` or pass another file",
-                    ) from exc
-                text = " ".join(line.split())
-                if text:
-                    yield text
-    except OSError as exc:
-        raise InputError(f"cannot read text file {path}: {exc.strerror}", "check its permissions") from exc
+def read_text_lines(path: Path, text_column: str = "text") -> Iterator[str]:
+    """The texts of a user file (plain lines, or a CSV/TSV/JSON-lines text column), streamed where
+    it can be; problems become one-line InputErrors."""
+    from optimize.textdata import read_texts
+
+    return read_texts(path, text_column=text_column)
 
 
 def take_texts(source: Iterator[str] | tuple[str, ...], count: int, what: str, path: Path | None = None) -> list[str]:
@@ -199,21 +184,23 @@ def take_texts(source: Iterator[str] | tuple[str, ...], count: int, what: str, p
 
 #: a user file is read up to this many texts (recovery draws on at most 50,000)
 USER_TEXTS_MAX = 200_000
+#: the most calibration texts anything reads (pruning recovery, quantization-aware distillation)
+RECOVERY_TEXTS_MAX = 50_000
 
 
 @lru_cache(maxsize=4)
-def _user_split(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _user_split(path: Path, text_column: str = "text") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(calibration part, held-out part) of a user's text file, split as the built-in domains are."""
-    texts = tuple(dict.fromkeys(islice(read_text_lines(path), USER_TEXTS_MAX)))
+    texts = tuple(dict.fromkeys(islice(read_text_lines(path, text_column), USER_TEXTS_MAX)))
     if len(texts) < USER_SPLIT_MIN_TEXTS:
         return texts, ()
     return tuple(t for t in texts if not _held_out(t)), tuple(t for t in texts if _held_out(t))
 
 
-def calibration_texts(path: Path | None, count: int) -> list[str]:
+def calibration_texts(path: Path | None, count: int, text_column: str = "text") -> list[str]:
     """Texts to calibrate, score and fit on: the user's file (minus its held-out part) or the
     built-in calibration domains in balance."""
-    source = _user_split(path)[0] if path else builtin_calibration_texts()
+    source = _user_split(path, text_column)[0] if path else builtin_calibration_texts()
     return take_texts(source, count, "calibration", path)
 
 
@@ -226,7 +213,9 @@ class TextSet:
     texts: tuple[str, ...]
 
 
-def parity_sets(parity_path: Path | None, calibration_path: Path | None, count: int, unseen_count: int) -> list[TextSet]:
+def parity_sets(
+    parity_path: Path | None, calibration_path: Path | None, count: int, unseen_count: int, text_column: str = "text"
+) -> list[TextSet]:
     """The two kinds of held-out text an artifact is judged on.
 
     1. text of the calibration domains that calibration never read: ``--parity-text`` if given,
@@ -235,17 +224,17 @@ def parity_sets(parity_path: Path | None, calibration_path: Path | None, count: 
        in the calibration text (a user may calibrate on reviews).
     """
     if parity_path is not None:
-        held = TextSet("held_out", f"texts of {parity_path.name}", tuple(take_texts(read_text_lines(parity_path), count, "parity", parity_path)))
-    elif calibration_path is not None and _user_split(calibration_path)[1]:
-        held = TextSet("held_out", f"held-out lines of {calibration_path.name}", tuple(_user_split(calibration_path)[1][:count]))
+        held = TextSet("held_out", f"--parity-text {parity_path.name}", tuple(take_texts(read_text_lines(parity_path, text_column), count, "parity", parity_path)))
+    elif calibration_path is not None and _user_split(calibration_path, text_column)[1]:
+        held = TextSet("held_out", f"held out from --calibration {calibration_path.name}", _user_split(calibration_path, text_column)[1][:count])
     else:
         domains = ", ".join(d.name for d in CALIBRATION_DOMAINS)
-        held = TextSet("held_out", f"held-out text of the calibration domains ({domains})", held_out_texts()[:count])
-    calibrated = set(_user_split(calibration_path)[0]) if calibration_path is not None else set()
+        held = TextSet("held_out", f"held out from the calibration domains: {domains}", held_out_texts()[:count])
+    calibrated = set(_user_split(calibration_path, text_column)[0]) if calibration_path is not None else set()
     unseen = tuple(t for t in unseen_domain_texts() if t not in calibrated)[:unseen_count]
     sets = [TextSet(held.key, held.label, tuple(dict.fromkeys(held.texts)))]  # exact duplicates tie neighbours
     if unseen_count > 0 and len(unseen) >= 3:
-        sets.append(TextSet("unseen_domain", f"unseen domain ({UNSEEN_DOMAIN.description})", unseen))
+        sets.append(TextSet("unseen_domain", f"unseen domain: {UNSEEN_DOMAIN.description}", unseen))
     return sets
 
 
