@@ -100,6 +100,7 @@ def export(
     half: Annotated[str, typer.Option("--half", help="fp16 targets: float16, or bfloat16 where the runtime has bf16 kernels.")] = "float16",
     prune: Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of the encoder parameters: the weights and biases of Q, K, V, attention output and both FFN linears of every layer (embeddings, LayerNorms, pooler and head not counted), as whole attention heads and FFN neurons.")] = None,
     prune_what: Annotated[str, typer.Option("--prune-what", help="What --prune may remove: both, heads or ffn.")] = "both",
+    drop_layers: Annotated[int, typer.Option("--drop-layers", help="Remove this many whole encoder layers first, the ones the model misses least on calibration text (then --prune cuts the rest).")] = 0,
     recover: Annotated[int, typer.Option("--recover", help="Distillation steps against the unpruned model after pruning (0: none).")] = 0,
     prune_min_cosine: Annotated[float, typer.Option("--prune-min-cosine", help="With --prune: mean cosine against the unpruned model to keep.")] = 0.95,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Classifiers: labelled rows (CSV, TSV, JSON lines) the artifact is judged on against its source model; rows that are also calibration text are left out.")] = None,
@@ -167,8 +168,10 @@ def export(
         raise InputError(f"--prune takes a fraction between 0 and 1 (exclusive), got {prune}", "pass e.g. --prune 0.3")
     if prune_what not in ("both", "heads", "ffn"):
         raise InputError(f"--prune-what must be both, heads or ffn, got {prune_what!r}", "pass --prune-what both")
-    if recover < 0 or (recover and prune is None):
-        raise InputError(f"--recover {recover} needs --prune and a non-negative step count", "pass e.g. --prune 0.3 --recover 300")
+    if drop_layers < 0:
+        raise InputError(f"--drop-layers takes a number of layers, got {drop_layers}", "pass e.g. --drop-layers 2")
+    if recover < 0 or (recover and prune is None and not drop_layers):
+        raise InputError(f"--recover {recover} needs --prune or --drop-layers and a non-negative step count", "pass e.g. --prune 0.3 --recover 300")
     if prune_min_agreement is not None and not 0.0 <= prune_min_agreement <= 1.0:
         raise InputError(f"--prune-min-agreement must be in [0, 1], got {prune_min_agreement}", "pass e.g. --prune-min-agreement 0.8")
     if not 0.0 < prune_min_cosine <= 1.0:
@@ -195,7 +198,7 @@ def export(
         half=HalfConfig(dtype=half),
         evaluation=EvaluationConfig(path=eval_data, text_column=text_column, label_column=label_column, max_accuracy_drop=max_accuracy_drop),
         prune=PruneConfig(
-            fraction=prune or 0.0, what=prune_what, recover_steps=recover, min_cosine=prune_min_cosine,
+            fraction=prune or 0.0, what=prune_what, drop_layers=drop_layers, recover_steps=recover, min_cosine=prune_min_cosine,
             **({"min_agreement": prune_min_agreement, "min_label_agreement": prune_min_agreement} if prune_min_agreement is not None else {}),
         ),
         seed=seed,

@@ -186,6 +186,8 @@ class PruneConfig:
     fraction: float = 0.0
     #: "both" (heads and FFN neurons ranked together), "heads" or "ffn"
     what: str = "both"
+    #: whole encoder layers removed first, the ones the model misses least (``--drop-layers``)
+    drop_layers: int = 0
     reconstruct: bool = True
     recover_steps: int = 0
     #: parity is always against the unpruned PyTorch model; pruning itself changes what the model
@@ -207,7 +209,7 @@ class PruneConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.fraction > 0.0
+        return self.fraction > 0.0 or self.drop_layers > 0
 
 
 @dataclass(frozen=True)

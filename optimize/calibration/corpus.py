@@ -231,10 +231,14 @@ def parity_sets(
         domains = ", ".join(d.name for d in CALIBRATION_DOMAINS)
         held = TextSet("held_out", f"held out from the calibration domains: {domains}", held_out_texts()[:count])
     calibrated = set(_user_split(calibration_path, text_column)[0]) if calibration_path is not None else set()
-    unseen = tuple(t for t in unseen_domain_texts() if t not in calibrated)[:unseen_count]
+    shipped = unseen_domain_texts()[:unseen_count]
+    unseen = tuple(t for t in shipped if t not in calibrated)
     sets = [TextSet(held.key, held.label, tuple(dict.fromkeys(held.texts)))]  # exact duplicates tie neighbours
     if unseen_count > 0 and len(unseen) >= 3:
-        sets.append(TextSet("unseen_domain", f"unseen domain: {UNSEEN_DOMAIN.description}", unseen))
+        label = f"unseen domain: {UNSEEN_DOMAIN.description}"
+        if len(unseen) < len(shipped):  # the user calibrated on this domain: say what is left of it
+            label += f", the {len(unseen)} of {len(shipped)} not in --calibration"
+        sets.append(TextSet("unseen_domain", label, unseen))
     return sets
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from optimize.calibration.batches import length_bucketed_batches
 from optimize.calibration.corpus import RECOVERY_TEXTS_MAX, calibration_texts
 from optimize.config import CalibrationConfig, PruneConfig
+from optimize.errors import InputError
 from optimize.exporter.resolve import LoadedModel
 from optimize.parity import similarity_scores
 from optimize.pruning import importance, reconstruct, recover, structure
@@ -32,6 +33,8 @@ from optimize.runtimes.base import Feeds
 #: 3,151). Measured at 30%, held-out cosine after reconstruction: 256 texts 0.9455, 1536 0.9715,
 #: 3151 0.9728 (about 3 minutes on 2 cores); the fit over-fits few texts.
 FIT_TEXTS = 4096
+#: calibration batches (of 16) on which each layer's removal is measured for --drop-layers
+LAYER_SCORING_BATCHES = 16
 #: recovery draws from every calibration text up to this many (the built-in corpus has about
 #: 14,000): on 512 texts cycled the student over-fits them (held-out cosine 0.948 against 0.962)
 RECOVERY_TEXTS = RECOVERY_TEXTS_MAX
@@ -100,6 +103,19 @@ def prune(
         length_bucketed_batches(loaded.tokenizer, texts[:FIT_TEXTS], loaded.input_names, batch_size=16, seq_len=seq_len, seed=0)
     )
 
+    classifier = loaded.task == "text-classification"
+    kept_layers = list(range(len(layers)))
+    if cfg.drop_layers:
+        if cfg.drop_layers >= len(layers):
+            raise InputError(
+                f"--drop-layers {cfg.drop_layers} would leave no layer of {len(layers)}", f"drop at most {len(layers) - 1}"
+            )
+        progress("pruning: measuring which layers the model misses least")
+        dropped = importance.layers_to_drop(student, layers, fit_batches[:LAYER_SCORING_BATCHES], cfg.drop_layers, classifier)
+        kept_layers = [i for i in range(len(layers)) if i not in dropped]
+        structure.keep_layers(student, kept_layers)
+        layers = structure.encoder_layers(student, head_size)
+
     progress("pruning: scoring heads and FFN neurons")
     scores = importance.measure(student, layers, fit_batches)
     selection = importance.select(scores, layers, loaded.hidden_size, cfg.fraction, cfg.what)
@@ -114,7 +130,7 @@ def prune(
     fits: list[dict[str, float]] = []
     if cfg.reconstruct:
         progress("pruning: least-squares reconstruction of the output projections")
-        fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches, selection.heads, selection.neurons)
+        fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches, selection.heads, selection.neurons, kept_layers)
     after_fit = _similarity(loaded, reference, student, parity_sets)
 
     recovery = None
@@ -129,7 +145,7 @@ def prune(
             )
 
         recovery = recover.distil(
-            student, teacher, batches, cfg.recover_steps, classifier=loaded.task == "text-classification",
+            student, teacher, batches, cfg.recover_steps, classifier=classifier, layer_map=kept_layers,
             progress=lambda step, loss: progress(f"pruning: recovery step {step}/{cfg.recover_steps} (loss {loss:.4f})"),
         )
         after_recovery = _similarity(loaded, reference, student, parity_sets)
@@ -144,6 +160,8 @@ def prune(
         "macs_per_token_before": macs_before,
         "macs_per_token_after": structure.macs_per_token(layers, seq_len),
         "macs_at_sequence": seq_len,
+        "layers_kept": kept_layers,
+        "layers_total": len(teacher_layers),
         "heads_kept": [len(h) for h in selection.heads],
         "heads_total": [t.heads for t in teacher_layers],
         "neurons_kept": [len(n) for n in selection.neurons],
@@ -156,5 +174,6 @@ def prune(
         "recovery": recovery,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    description = f"{loaded.description}, pruned to {kept / total:.0%} of its encoder parameters"
+    dropped_note = f", {len(teacher_layers) - len(kept_layers)} of {len(teacher_layers)} layers dropped" if cfg.drop_layers else ""
+    description = f"{loaded.description}, pruned to {kept / total:.0%} of its encoder parameters{dropped_note}"
     return PruneOutcome(dataclasses.replace(loaded, module=student, description=description), report)

@@ -22,15 +22,24 @@ from optimize.runtimes.base import Feeds
 LEARNING_RATE = 2e-4
 #: weight of (1 - cosine of mean-pooled outputs) beside the per-layer hidden-state terms
 POOLED_WEIGHT = 1.0
+#: classifiers: the teacher's logits are distilled at this temperature (Hinton et al. 2015), the
+#: KL scaled by its square so its gradients keep their size; softened probabilities carry how the
+#: teacher ranks the wrong classes, not only its decision
+TEMPERATURE = 2.0
+#: weight of that KL term against the hidden-state terms: for a classifier the logits are the task
+LOGIT_WEIGHT = 4.0
 
 
 def distil(
     student: Any, teacher: Any, batches: Callable[[int], Iterator[Feeds]], steps: int, *, classifier: bool,
     progress: Callable[[int, float], None] | None = None,
     parameter_groups: list[dict[str, Any]] | None = None,
+    layer_map: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` towards ``teacher`` for ``steps`` batches; ``parameter_groups`` (torch
-    optimizer groups with their own learning rates) default to every parameter at LEARNING_RATE."""
+    optimizer groups with their own learning rates) default to every parameter at LEARNING_RATE.
+    ``layer_map[k]``: the teacher layer whose output the student's layer k is trained towards
+    (default: the same index; layers dropped from the student skip theirs)."""
     import torch
 
     torch.manual_seed(0)
@@ -53,15 +62,16 @@ def distil(
                 want = teacher(**tensors, output_hidden_states=True, return_dict=True)
             got = student(**tensors, output_hidden_states=True, return_dict=True)
             loss = 0.0
-            for h_got, h_want in zip(got.hidden_states[1:], want.hidden_states[1:]):
+            wanted = want.hidden_states[1:] if layer_map is None else [want.hidden_states[1 + j] for j in layer_map]
+            for h_got, h_want in zip(got.hidden_states[1:], wanted, strict=True):
                 scale = h_want.pow(2).mul(mask).sum() / mask.sum() / h_want.shape[-1]
                 loss = loss + ((h_got - h_want).pow(2) * mask).sum() / mask.sum() / h_want.shape[-1] / scale
             pooled_got = (got.hidden_states[-1] * mask).sum(1) / mask.sum(1)
             pooled_want = (want.hidden_states[-1] * mask).sum(1) / mask.sum(1)
             loss = loss + POOLED_WEIGHT * (1 - torch.nn.functional.cosine_similarity(pooled_got, pooled_want, dim=-1)).mean()
             if classifier:
-                loss = loss + torch.nn.functional.kl_div(
-                    got.logits.log_softmax(-1), want.logits.softmax(-1), reduction="batchmean"
+                loss = loss + LOGIT_WEIGHT * TEMPERATURE**2 * torch.nn.functional.kl_div(
+                    (got.logits / TEMPERATURE).log_softmax(-1), (want.logits / TEMPERATURE).softmax(-1), reduction="batchmean"
                 )
             optimizer.zero_grad()
             loss.backward()

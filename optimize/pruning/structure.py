@@ -150,3 +150,15 @@ def _replace(root: Any, old: Any, new: Any) -> None:
         for name, child in list(parent.named_children()):
             if child is old:
                 setattr(parent, name, new)
+
+
+def keep_layers(module: Any, keep: list[int]) -> None:
+    """Physically keep only the encoder layers ``keep`` (sorted indices); the config follows."""
+    import torch
+
+    base = getattr(module, "base_model", module)
+    holder = base.encoder if hasattr(base, "encoder") and hasattr(base.encoder, "layer") else base.transformer
+    holder.layer = torch.nn.ModuleList([holder.layer[i] for i in keep])
+    for attribute in ("num_hidden_layers", "n_layers"):
+        if hasattr(module.config, attribute):
+            setattr(module.config, attribute, len(keep))

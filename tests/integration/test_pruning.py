@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optimize.api import export_model, parity_batches
-from optimize.config import CalibrationConfig, PruneConfig
+from optimize.config import CalibrationConfig, ExportJob, ParityConfig, PruneConfig
 from optimize.exporter import resolve
 from optimize.pruning import prune
 from optimize.pruning.structure import encoder_layers, encoder_params, keep_heads, keep_neurons
@@ -166,3 +166,19 @@ def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_
     ops = outcome.manifest["passes"]["final_ops"]
     assert not any(op.startswith("ai.onnxruntime._fusion") for op in ops)
     assert ops["com.microsoft::Attention"] + ops.get("com.microsoft::MultiHeadAttention", 0) == 2
+
+
+def test_drop_layers_removes_the_least_missed_layer_and_recovery_maps_the_rest(tmp_path):
+    import tiny_models
+
+    # three layers with weights large enough that each one matters
+    folder = tiny_models.build("bert", tmp_path / "model", layers=3, init_std=0.2)
+    loaded = resolve(str(folder))
+    batches = parity_batches(loaded, ExportJob(model=str(folder), target="ort-fp32", output=tmp_path / "o",
+                                               parity=ParityConfig(size=24, seq_len=64, unseen_size=24)))
+    sets = {p.texts.key: p.batches for p in batches}
+    report = prune(loaded, PruneConfig(drop_layers=1, recover_steps=20), CalibrationConfig(size=64, seq_len=64), sets).report
+    assert report["layers_total"] == 3 and len(report["layers_kept"]) == 2
+    assert report["encoder_params_kept_share"] == pytest.approx(2 / 3, abs=0.01)
+    similarity = report["pytorch_similarity"]
+    assert similarity["after_recovery"]["cosine_mean"] > similarity["after_cut"]["cosine_mean"]
