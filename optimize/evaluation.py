@@ -193,7 +193,7 @@ def confusion_png(report: EvalReport, path: Path) -> None:
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         for (i, j), count in np.ndenumerate(matrix):
-            axis.text(j, i, str(count), ha="center", va="center", color="black")
+            axis.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

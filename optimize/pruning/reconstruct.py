@@ -36,6 +36,8 @@ RIDGE = 1e-2
 TEXT_WEIGHT_POWER = 1.0
 #: also re-fit the input side (Q, K, V and the first FFN linear) to the teacher's outputs
 INPUT_SIDE = True
+#: the output side's ridge pulls towards the current weights (True) or towards zero (False)
+OUTPUT_PRIOR = False
 
 
 def token_weights(mask: Any) -> Any:
@@ -288,11 +290,11 @@ def reconstruct(
         if INPUT_SIDE:
             qkv = _kept_columns(kept_heads[index], t_layer.head_size, 3, t_layer.qkv[0].out_features)
             row["qkv"] = round(_solve(s_layer.qkv, _input_side(s_layer.block, s_layer.qkv[0], t_layer.block, t_layer.qkv, t_layer.output, qkv, student_calls, teacher_calls), prior=True), 5)
-        row["attention"] = round(_solve((s_layer.output,), _output_side(_capture(s_layer.block, s_layer.output, s_layer.attention_norm, student_calls), targets[0]), prior=False), 5)
+        row["attention"] = round(_solve((s_layer.output,), _output_side(_capture(s_layer.block, s_layer.output, s_layer.attention_norm, student_calls), targets[0]), prior=OUTPUT_PRIOR), 5)
         if INPUT_SIDE:
             neurons = _kept_columns(kept_neurons[index], 1, 1, t_layer.ffn_in.out_features)
             row["ffn_in"] = round(_solve((s_layer.ffn_in,), _input_side(s_layer.block, s_layer.ffn_in, t_layer.block, (t_layer.ffn_in,), t_layer.ffn_out, neurons, student_calls, teacher_calls), prior=True), 5)
-        row["ffn"] = round(_solve((s_layer.ffn_out,), _output_side(_capture(s_layer.block, s_layer.ffn_out, s_layer.ffn_norm, student_calls), targets[1]), prior=False), 5)
+        row["ffn"] = round(_solve((s_layer.ffn_out,), _output_side(_capture(s_layer.block, s_layer.ffn_out, s_layer.ffn_norm, student_calls), targets[1]), prior=OUTPUT_PRIOR), 5)
         fits.append(row)
         student_calls = _advance(s_layer.block, student_calls)
         teacher_calls = _advance(t_layer.block, teacher_calls)
