@@ -36,11 +36,16 @@ import numpy as np
 from optimize.calibration.ranges import QuantParams
 from optimize.runtimes.base import Feeds
 
-#: weights move little: the model is already trained, only the rounding has to be absorbed
-WEIGHT_LEARNING_RATE = 2e-5
+#: weights move little: the model is already trained, only the rounding has to be absorbed.
+#: Measured on the embedded BERT, 300 steps from the post-training plan (PyTorch-side cosine
+#: mean / min, held-out | unseen domain): post-training 0.99840 / 0.99491 | 0.99829 / 0.99625;
+#: these rates 0.99886 / 0.99525 | 0.99874 / 0.99605; ranges fixed (weights only, 2e-5)
+#: 0.99866 / 0.99362 | 0.99852 / 0.99619; 2e-5 / 5e-3 / 5e-2 for 400 steps reached the best
+#: means (0.99906 | 0.99896) but clipped one review to 0.9896.
+WEIGHT_LEARNING_RATE = 1e-5
 #: activation scales are learned in log space (a relative step), zero points in integer steps
-LOG_SCALE_LEARNING_RATE = 5e-3
-ZERO_POINT_LEARNING_RATE = 5e-2
+LOG_SCALE_LEARNING_RATE = 1e-3
+ZERO_POINT_LEARNING_RATE = 1e-2
 
 
 def weight_key(matrix_in_out: np.ndarray) -> str:
