@@ -36,8 +36,9 @@ RIDGE = 1e-2
 TEXT_WEIGHT_POWER = 1.0
 #: also re-fit the input side (Q, K, V and the first FFN linear) to the teacher's outputs
 INPUT_SIDE = True
-#: the output side's ridge pulls towards the current weights (True) or towards zero (False)
-OUTPUT_PRIOR = False
+#: the output side's ridge pulls towards the current weights (True) or towards zero (False): at 30%,
+#: unseen-domain cosine 0.9196 -> 0.9214, held-out 0.9428 -> 0.9441
+OUTPUT_PRIOR = True
 
 
 def token_weights(mask: Any) -> Any:
