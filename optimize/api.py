@@ -175,6 +175,8 @@ def build_manifest(
             "hidden": loaded.hidden_size,
             "heads": loaded.num_heads,
             "max_sequence": loaded.max_sequence,
+            "tested_architecture": loaded.family.tested,
+            "sentence_pipeline": dataclasses.asdict(loaded.sentence) if loaded.sentence else None,
         },
         "export": {
             "opset": job.export.opset,
@@ -214,6 +216,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     reporter.note(f"model: {loaded.description}")
     for line in loaded.notes:
         reporter.warn(line)
+    for line in loaded.hints:
+        reporter.note(f"hint: {line}")
     if job.export.seq_len > loaded.max_sequence:
         raise InputError(
             f"--seq-len {job.export.seq_len} is longer than the model allows ({loaded.max_sequence} positions)",
@@ -278,6 +282,10 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     manifest["pruning"] = pruning
     output = Path(job.output).absolute()
     notes = list(loaded.notes)
+    if not loaded.family.tested:  # the generic path: said in the output and the manifest
+        line = generic_path_line(loaded.model_type)
+        notes.append(line)
+        manifest["notes"] = [*manifest["notes"], line]
     with bundles.staged(output, job.force) as staging:
         bundles.save_model(model, staging)
         loaded.tokenizer.save_pretrained(staging)
@@ -298,6 +306,12 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
     return ExportOutcome(output, target.name, final, parity, speed, notes)
+
+
+def generic_path_line(model_type: str) -> str:
+    from optimize.architectures import tested_names
+
+    return f"architecture {model_type} is not in the tested list ({', '.join(tested_names())}); parity was checked"
 
 
 def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
