@@ -147,3 +147,22 @@ def build(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def sentence_transformers_folder(model: Path, folder: Path, modes: tuple[str, ...] = ("mean",), normalize: bool = True) -> Path:
+    """A sentence-transformers folder around the tiny model in ``model``: modules.json, the
+    pooling config and sentence_bert_config.json, laid out as SentenceTransformer.save() does."""
+    import shutil
+
+    shutil.copytree(model, folder, dirs_exist_ok=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64, "pooling_mode": list(modes)}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return folder
