@@ -158,6 +158,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             ("mha",),
             unfused={
                 "geglu": "ONNX Runtime has no CPU kernel for a gated GELU (BiasSplitGelu is CUDA-only); it runs as Split, Gelu, Mul",
+                "rotary": "ORT's RotaryEmbedding wants a cos/sin cache; onnxscript's cache rule matches Llama's MatMul form of "
+                "the angles, not ModernBERT's Mul form, so RoPE runs as Mul, Slice, Neg, Concat",
             },
             rules=("rotary",),
             # SDPA's boolean mask leaves a padded query whose local window holds only padding
