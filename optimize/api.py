@@ -18,7 +18,7 @@ import onnx_ir as ir
 from optimize import bundle as bundles
 from optimize.bench.hardware import fingerprint, package_versions
 from optimize.calibration.batches import token_batches, tokenize
-from optimize.calibration.corpus import held_out_paragraphs, parity_texts
+from optimize.calibration.corpus import TextSet, held_out_paragraphs, parity_sets, parity_texts
 from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig, Tolerances
 from optimize.errors import InputError, ParityError
 from optimize.exporter import ExportResult, LoadedModel, export, resolve
@@ -71,9 +71,11 @@ class ExportOutcome:
     output: Path
     target: str
     manifest: dict[str, Any]
-    parity: ParityReport
+    parity: ParityReport  # held-out text of the calibration domains
     speed: SpeedLine | None
     notes: list[str] = field(default_factory=list)
+    #: text of a domain no calibration source holds; None where it was turned off
+    unseen: ParityReport | None = None
 
 
 def session_for(target: Target, job: ExportJob, threads: int | None = None) -> SessionConfig:
@@ -84,17 +86,22 @@ def session_for(target: Target, job: ExportJob, threads: int | None = None) -> S
     )
 
 
-def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[Feeds]:
-    texts = list(dict.fromkeys(parity_texts(job.parity.path, job.parity.size)))  # exact duplicates tie neighbours
-    return list(
-        token_batches(
-            loaded.tokenizer,
-            texts,
-            loaded.input_names,
-            batch_size=job.parity.batch_size,
-            seq_len=min(job.parity.seq_len, loaded.max_sequence),
-        )
-    )
+@dataclass(frozen=True)
+class ParityText:
+    """One set of parity texts, tokenized once for every comparison that uses it."""
+
+    texts: TextSet
+    batches: list[Feeds]
+
+
+def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[ParityText]:
+    """The held-out text of the calibration domains first, then the unseen domain."""
+    sets = parity_sets(job.parity.path, job.calibration.path, job.parity.size, job.parity.unseen_size)
+    seq_len = min(job.parity.seq_len, loaded.max_sequence)
+    return [
+        ParityText(text_set, list(token_batches(loaded.tokenizer, text_set.texts, loaded.input_names, batch_size=job.parity.batch_size, seq_len=seq_len)))
+        for text_set in sets
+    ]
 
 
 def speed_feeds(loaded: LoadedModel, batch: int, seq_len: int) -> Feeds:
@@ -225,13 +232,18 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         )
 
     reference = loaded  # parity and speed are always against the unpruned PyTorch model
-    held_out = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    parity_text = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    if job.prune.enabled and job.calibration.path is None:
+        reporter.note(
+            "pruning fits the model to the built-in calibration text (four domains); "
+            "pass --calibration FILE with your own text to fit it to what it will see"
+        )
     pruning = None
     if job.prune.enabled:
         from optimize.pruning import prune
 
         reporter.phase("pruning")
-        pruned = prune(loaded, job.prune, job.calibration, held_out, progress=reporter.phase)
+        pruned = prune(loaded, job.prune, job.calibration, {p.texts.key: p.batches for p in parity_text}, progress=reporter.phase)
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
 
@@ -253,22 +265,26 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     tolerances = target.tolerances(loaded.task, job)
     if pruning is not None:
         tolerances = pruned_tolerances(tolerances, job)
-    parity = compare(
-        TorchRunner(reference),
-        candidate,
-        held_out,
-        task=loaded.task,
-        output=loaded.output_name,
-        tolerances=tolerances,
-    )
-    if not parity.ok:
+    torch_reference = TorchRunner(reference)
+    reports = [
+        compare(torch_reference, candidate, p.batches, task=loaded.task, output=loaded.output_name, tolerances=tolerances, texts=p.texts.label)
+        for p in parity_text
+    ]
+    parity, unseen = reports[0], (reports[1] if len(reports) > 1 else None)
+    failures = [f"{r.texts}: {f}" for r in reports for f in r.failures]
+    if failures:
         if pruning is not None:  # the cut, not the target, is the likelier cause: say what helps it
             hint = "add recovery (e.g. --recover 850), prune less, or lower --prune-min-cosine"
             if job.prune.recover_steps:
                 hint = "prune less, recover longer, or lower --prune-min-cosine"
         else:
             hint = "choose a higher-precision target or relax the budget where the target allows it"
-        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)", hint)
+        if unseen is not None and not unseen.ok and parity.ok and job.calibration.path is None:
+            hint += "; or calibrate on text like yours with --calibration FILE"
+        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(failures)} (no bundle written)", hint)
+    domain_gap = unseen_domain_gap(parity, unseen)
+    if domain_gap:
+        reporter.warn(domain_gap)
 
     speed = None
     if job.speed.enabled and target.runtime == "tensorrt":
@@ -279,9 +295,10 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
 
     reporter.phase("writing the bundle")
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
+    manifest["parity_unseen_domain"] = unseen.as_dict() if unseen else None
     manifest["pruning"] = pruning
     output = Path(job.output).absolute()
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
     if not loaded.family.tested:  # the generic path: said in the output and the manifest
         line = generic_path_line(loaded.model_type)
         notes.append(line)
@@ -295,7 +312,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             reason = tensorrt_unavailable()
             if reason is None:
                 reporter.phase("building the TensorRT engine")
-                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, held_out, job.engine)
+                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, parity_text[0].batches, job.engine)
             else:
                 line = (
                     f"engine not built: {reason}; copy {output} to the GPU machine, "
@@ -305,7 +322,27 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
                 notes.append(line)
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
-    return ExportOutcome(output, target.name, final, parity, speed, notes)
+    return ExportOutcome(output, target.name, final, parity, speed, notes, unseen)
+
+
+#: the unseen domain is "much worse" when it loses this many times the mean cosine the
+#: calibration domains lose, and at least UNSEEN_GAP_MIN in absolute terms
+UNSEEN_GAP_RATIO = 2.0
+UNSEEN_GAP_MIN = 0.005
+
+
+def unseen_domain_gap(seen: ParityReport, unseen: ParityReport | None) -> str | None:
+    """A line when the artifact holds up much worse on the unseen domain than on the calibration
+    domains: the compression learned its calibration text, and the user's text may be unlike it."""
+    if unseen is None:
+        return None
+    lost_seen, lost_unseen = 1.0 - seen.cosine_mean, 1.0 - unseen.cosine_mean
+    if lost_unseen < UNSEEN_GAP_MIN or lost_unseen < UNSEEN_GAP_RATIO * lost_seen:
+        return None
+    return (
+        f"on {unseen.texts} the artifact keeps cosine {unseen.cosine_mean:.4f} against {seen.cosine_mean:.4f} on "
+        f"{seen.texts}: its compression fits the calibration text; calibrate on text like yours with --calibration FILE"
+    )
 
 
 def generic_path_line(model_type: str) -> str:
@@ -332,7 +369,11 @@ def prune_summary(report: dict[str, Any]) -> str:
     stages = [("cut", similarity["after_cut"]), ("reconstructed", similarity["after_reconstruction"])]
     if similarity["after_recovery"]:
         stages.append(("recovered", similarity["after_recovery"]))
-    figures = ", ".join(f"{name} {s['cosine_mean']:.4f}" for name, s in stages)
+    def figure(name: str, s: dict[str, Any]) -> str:
+        unseen = s.get("unseen_domain")
+        return f"{name} {s['cosine_mean']:.4f}" + (f" ({unseen['cosine_mean']:.4f} unseen domain)" if unseen else "")
+
+    figures = ", ".join(figure(name, s) for name, s in stages)
     return (
         f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
         f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "
@@ -347,47 +388,94 @@ def tensorrt_unavailable() -> str | None:
 
 
 def tensorrt_section(model: ir.Model, input_names: tuple[str, ...], engine: EngineConfig) -> dict[str, Any]:
-    """What a TensorRT build needs to know: profiles, which layers stay fp32, the parser checked."""
-    from optimize.passes.fp16 import NORMALIZATIONS
+    """What a TensorRT build needs to know: the profile, the workspace, the parser and versions checked."""
     from optimize.passes.trt_ready import TENSORRT_VERSION
-    from optimize.runtimes.tensorrt import profile_shapes
+    from optimize.runtimes.tensorrt import TENSORRT_RANGE
+    from optimize.runtimes.trt_profile import profile_shapes
 
     return {
         "parser_checked": TENSORRT_VERSION,
+        "tensorrt_supported": TENSORRT_RANGE,
+        "build": "strongly typed: model.onnx's own types decide each layer's precision (no precision flags)",
         "profile": profile_shapes(list(input_names), engine),
-        "fp32_layers": [n.name for n in model.graph if n.op_type in NORMALIZATIONS],
         "workspace_mib": engine.workspace_mib,
         "engine": None,
     }
 
 
+def engine_tolerances(manifest: dict[str, Any]) -> Tolerances:
+    """The tolerances the engine is held to against ONNX Runtime: the ones the bundle's export parity
+    was judged by (the target's, with the user's --min-cosine for int8). A pruned bundle's recorded
+    tolerances are loosened for the cut, which the engine does not add to: it gets the target's own."""
+    recorded = (manifest.get("parity") or {}).get("tolerances")
+    names = {f.name for f in dataclasses.fields(Tolerances)}
+    if isinstance(recorded, dict) and not manifest.get("pruning") and names <= set(recorded):
+        return Tolerances(**{name: recorded[name] for name in names})
+    target = get_target(str(manifest.get("target")))
+    return target.tolerances(str(manifest.get("task", "feature-extraction")), ExportJob(model="", target=target.name, output=Path(".")))
+
+
 def build_engine_into(folder: Path, manifest: dict[str, Any], batches: list[Feeds], engine: EngineConfig) -> dict[str, Any]:
-    """Build engine.plan in ``folder`` (timing cache beside it) and compare it with ONNX Runtime."""
-    from optimize.runtimes.tensorrt import build_engine, compare_with_onnxruntime, info_dict
+    """Build engine.plan in ``folder`` (timing cache beside it) and check it against ONNX Runtime.
 
-    section = manifest["tensorrt"]
+    The comparison batches are cut to the profile's maximum batch and sequence and padded up to
+    its minimum (trt_profile), and judged like export parity, within the target's tolerances."""
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.tensorrt import TrtRunner, build_engine, compare_with_onnxruntime, device_here, info_dict
+    from optimize.runtimes.trt_profile import ProfileFit, cut_to_profile
+
     inputs = [i["name"] for i in manifest["io"]["inputs"]]
-    data, info = build_engine(
-        folder / bundles.MODEL_FILE, manifest["precision"], engine, inputs, section["fp32_layers"], folder / bundles.TIMING_CACHE_FILE
-    )
+    outputs = [o["name"] for o in manifest["io"]["outputs"]]
+    model_path = folder / bundles.MODEL_FILE
+    data, info = build_engine(model_path, manifest["precision"], engine, inputs, folder / bundles.TIMING_CACHE_FILE, device_here())
     (folder / bundles.ENGINE_FILE).write_bytes(data)
-    tolerance = 5e-2 if manifest["precision"] == "int8" else 1e-2
-    comparison = compare_with_onnxruntime(folder / bundles.MODEL_FILE, data, batches, atol=tolerance, rtol=tolerance)
-    if not comparison["passed"]:
-        raise ParityError(
-            f"the TensorRT engine differs from ONNX Runtime beyond atol/rtol {tolerance} (Polygraphy comparator)",
-            "rebuild with a newer TensorRT or report the model; the engine was not kept",
+    recorded_session = manifest.get("session") or {}
+    session = SessionConfig(
+        optimization_level=recorded_session.get("optimization_level", "all"),
+        disabled_optimizers=tuple(recorded_session.get("disabled_optimizers", ())),
+    )
+    candidate = ProfileFit(TrtRunner(data, tuple(inputs), tuple(outputs)), engine, pad_id=_pad_token_id(folder))
+    try:
+        check = compare_with_onnxruntime(
+            OrtRunner(model_path, session),
+            candidate,
+            cut_to_profile(batches, engine),
+            task=str(manifest.get("task", "feature-extraction")),
+            output=outputs[0],
+            tolerances=engine_tolerances(manifest),
         )
-    return {**info_dict(info), "ort_comparison": comparison}
+    finally:
+        candidate.deactivate()
+    if not check.ok:
+        raise ParityError(
+            f"the TensorRT engine is out of {manifest.get('target')} tolerance against ONNX Runtime: "
+            f"{'; '.join(check.parity.failures)} (engine not kept)",
+            "rebuild with another TensorRT release in the supported range, or report the model",
+        )
+    return {**info_dict(info), "ort_comparison": check.as_dict()}
 
 
-def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
-    """`optimize build`: add engine.plan to a TensorRT bundle, on the machine that will run it."""
+def _pad_token_id(folder: Path) -> int:
+    """The id the tokenizer pads with (config.json), for comparison batches padded up to the profile."""
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("pad_token_id")
+    except (OSError, ValueError):
+        value = None
+    return int(value) if isinstance(value, int) else 0
+
+
+def build_bundle(path: Path, overrides: "EngineOverrides | None" = None, reporter: Reporter | None = None) -> dict[str, Any]:  # noqa: F821
+    """`optimize build`: add engine.plan to a TensorRT bundle, on the machine that will run it.
+
+    The profile and workspace start from what the manifest records; each of ``overrides``
+    (--batch, --seq-len, --workspace) replaces only its own part."""
     import copy
     import shutil
 
-    from optimize.config import ShapeRange
-    from optimize.runtimes.tensorrt import require
+    from optimize.config import EngineOverrides, ParityConfig
+    from optimize.runtimes.tensorrt import device_here, require
+    from optimize.runtimes.timing_cache import carried_files, foreign
+    from optimize.runtimes.trt_profile import profile_shapes, recorded_engine
     from optimize.untrusted import load_untrusted
 
     reporter = reporter or SilentReporter()
@@ -397,34 +485,47 @@ def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Repor
             f"bundle {path} is for target {bundle.target}, not a TensorRT target",
             "export with --target trt-fp16 or --target trt-int8 to get a bundle `optimize build` can build",
         )
+    engine = (overrides or EngineOverrides()).applied_to(recorded_engine(bundle.manifest))
+    check_engine_config(engine, bundle.manifest)
     load_untrusted(bundle.model_path)  # never hand an unchecked file to a parser
     require()
-    if engine is None:
-        recorded = bundle.manifest["tensorrt"]["profile"]
-        first = next(iter(recorded.values()))
-        engine = EngineConfig(
-            batch=ShapeRange(first[0][0], first[1][0], first[2][0]),
-            sequence=ShapeRange(first[0][1], first[1][1], first[2][1]),
-            workspace_mib=int(bundle.manifest["tensorrt"].get("workspace_mib", 4096)),
-        )
+    cache_note = None
+    if (bundle.path / bundles.TIMING_CACHE_FILE).is_file():
+        cache_note = foreign((bundle.manifest["tensorrt"].get("engine") or {}).get("device"), device_here())
+        if cache_note:
+            reporter.note(cache_note)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(bundle.path)
     inputs = tuple(i["name"] for i in bundle.manifest["io"]["inputs"])
-    texts = list(dict.fromkeys(parity_texts(None, 64)))
-    batches = list(token_batches(tokenizer, texts, inputs, batch_size=min(16, engine.batch.maximum), seq_len=engine.sequence.maximum))
+    # as many held-out texts as export parity takes: with 64, a single top-1 neighbour flip (1/64) would miss fp16's 0.99
+    parity = ParityConfig()
+    texts = list(dict.fromkeys(parity_texts(None, parity.size)))
+    batches = list(token_batches(tokenizer, texts, inputs, batch_size=parity.batch_size, seq_len=engine.sequence.maximum))
     manifest = copy.deepcopy(bundle.manifest)
     with bundles.staged(path, True) as staging:
-        for item in bundle.path.iterdir():  # the timing cache among them: the build reuses it
-            if item.is_file() and item.name not in (bundles.ENGINE_FILE, bundles.MANIFEST_FILE):
-                shutil.copy2(item, staging / item.name)
+        for item in carried_files(bundle.path, keep_timing_cache=cache_note is None):
+            shutil.copy2(item, staging / item.name)
         reporter.phase("building the TensorRT engine")
-        from optimize.runtimes.tensorrt import profile_shapes
-
         manifest["tensorrt"]["profile"] = profile_shapes(list(inputs), engine)
+        manifest["tensorrt"]["workspace_mib"] = engine.workspace_mib
         manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, batches, engine)
+        if cache_note:
+            manifest["tensorrt"]["engine"]["timing_cache_note"] = cache_note
         manifest["tensorrt"].pop("engine_note", None)
         manifest["hardware_engine"] = fingerprint()
         manifest = {k: v for k, v in manifest.items() if k not in ("format", "files")}
         bundles.write_manifest(staging, manifest)
     return json.loads((path / bundles.MANIFEST_FILE).read_text())
+
+
+def check_engine_config(engine: EngineConfig, manifest: dict[str, Any]) -> None:
+    """Refuse, before any GPU work, a profile the model cannot take or a workspace of nothing."""
+    positions = int((manifest.get("source") or {}).get("max_sequence") or 0)
+    if positions and engine.sequence.maximum > positions:
+        raise InputError(
+            f"--seq-len maximum {engine.sequence.maximum} is longer than the model allows ({positions} positions)",
+            f"pass a --seq-len whose maximum is {positions} or less",
+        )
+    if engine.workspace_mib < 1:
+        raise InputError(f"--workspace must be at least 1 MiB, got {engine.workspace_mib}", "pass e.g. --workspace 4096")

@@ -85,7 +85,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 18,
     seq_len: Annotated[str, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at; TensorRT profiles take MIN,OPT,MAX.")] = "128",
     batch: Annotated[str, typer.Option("--batch", help="TensorRT profile batch sizes MIN,OPT,MAX (or one size).")] = "1,1,32",
-    calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: CPython's pydoc topics).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: the built-in corpus of four domains); a fifth of a file of 50+ texts is held out for parity.")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Calibration texts to use.")] = 512,
     calibration_method: Annotated[str, typer.Option("--calibration-method", help="INT8 activation ranges: minmax, percentile or entropy.")] = "minmax",
     min_cosine: Annotated[float, typer.Option("--min-cosine", help="INT8 accuracy budget: mean cosine against fp32 to keep (held-out text).")] = 0.99,
@@ -98,8 +98,9 @@ def export(
     prune_what: Annotated[str, typer.Option("--prune-what", help="What --prune may remove: both, heads or ffn.")] = "both",
     recover: Annotated[int, typer.Option("--recover", help="Distillation steps against the unpruned model after pruning (0: none).")] = 0,
     prune_min_cosine: Annotated[float, typer.Option("--prune-min-cosine", help="With --prune: mean cosine against the unpruned model to keep.")] = 0.95,
-    parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
+    parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out fifth of --calibration, or of the built-in corpus).")] = None,
     parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 256,
+    unseen_size: Annotated[int, typer.Option("--unseen-size", help="Texts of a domain no calibration source holds (movie reviews) to compare on too; 0: none.")] = 600,
     threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time the artifact side by side with PyTorch.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
@@ -137,6 +138,8 @@ def export(
             raise InputError(f"{flag} must be in (0, 1], got {value}", f"pass e.g. {flag} 0.99")
     if not 0.0 <= smooth_alpha <= 1.0:
         raise InputError(f"--smooth-alpha must be in [0, 1], got {smooth_alpha}", "pass e.g. --smooth-alpha 0.5, or 0 to turn migration off")
+    if unseen_size < 0:
+        raise InputError(f"--unseen-size must be 0 or more, got {unseen_size}", "pass e.g. --unseen-size 600, or 0 to skip that text")
     if calibration_size < 1:
         raise InputError(f"--calibration-size must be at least 1, got {calibration_size}", "pass e.g. --calibration-size 512")
     if calibration is not None:  # validated up front even where the target does not calibrate
@@ -158,7 +161,7 @@ def export(
         force=force,
         export=ExportConfig(task=task or "", opset=opset, seq_len=seq_len_max),
         calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len_max),
-        parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len_max),
+        parity=ParityConfig(path=parity_text, size=parity_size, unseen_size=unseen_size, seq_len=seq_len_max),
         speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len_max)),
         engine=EngineConfig(batch=batches, sequence=sequence),
         quant=QuantConfig(
@@ -189,6 +192,8 @@ def export(
         if record["name"] == "ort-fusion":
             out.print(f"fusions: {fusion_line(record.get('stats', {}))}", markup=False)
     out.print(f"parity: {outcome.parity.summary()}: within {outcome.target} tolerance")
+    if outcome.unseen:
+        out.print(f"parity: {outcome.unseen.summary()}: within {outcome.target} tolerance")
     if not manifest["source"].get("tested_architecture", True):
         from optimize.api import generic_path_line
 
@@ -225,25 +230,40 @@ def _shape_range(text: str, flag: str, lowest_default: int | None):  # -> ShapeR
 @app.command()
 def build(
     bundle: Annotated[Path, typer.Argument(help="A trt-fp16 or trt-int8 bundle folder.")],
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX (default: as exported).")] = None,
-    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX (default: as exported).")] = None,
-    workspace: Annotated[int, typer.Option(help="Builder workspace in MiB.")] = 4096,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    workspace: Annotated[Optional[int], typer.Option(help="Builder workspace in MiB (default: as the manifest records, 4096 at export).")] = None,
 ) -> None:
     """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
     from optimize.api import build_bundle
-    from optimize.config import EngineConfig
 
-    engine = None
-    if batch or seq_len:
-        engine = EngineConfig(
-            batch=_shape_range(batch or "1,1,32", "--batch", lowest_default=None),
-            sequence=_shape_range(seq_len or "128", "--seq-len", lowest_default=1),
-            workspace_mib=workspace,
-        )
+    overrides = build_overrides(batch, seq_len, workspace)
     with _progress() as progress:
-        manifest = build_bundle(bundle, engine, RichReporter(progress))
+        manifest = build_bundle(bundle, overrides, RichReporter(progress))
     info = manifest["tensorrt"]["engine"]
-    out.print(f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s); ONNX Runtime vs TensorRT within atol/rtol {info['ort_comparison']['atol']}")
+    low, _, high = next(iter(info["profile"].values()))
+    out.print(
+        f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s; "
+        f"profile batch {low[0]}-{high[0]}, sequence {low[1]}-{high[1]})",
+        markup=False,
+    )
+    parity = info["ort_comparison"]["parity"]
+    out.print(
+        f"engine vs ONNX Runtime: cosine mean {parity['cosine_mean']:.6f} min {parity['cosine_min']:.6f} over "
+        f"{parity['samples']} held-out texts, within {manifest['target']} tolerance",
+        markup=False,
+    )
+
+
+def build_overrides(batch: str | None, seq_len: str | None, workspace: int | None):  # -> EngineOverrides
+    """`optimize build`'s flags, each independent of the others; None keeps the manifest's value."""
+    from optimize.config import EngineOverrides
+
+    return EngineOverrides(
+        batch=_shape_range(batch, "--batch", lowest_default=None) if batch else None,
+        sequence=_shape_range(seq_len, "--seq-len", lowest_default=1) if seq_len else None,
+        workspace_mib=workspace,
+    )
 
 
 @app.command()

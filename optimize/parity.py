@@ -42,6 +42,8 @@ class ParityReport:
     nonfinite: int
     tolerances: Tolerances
     failures: tuple[str, ...] = field(default=())
+    #: what the texts were, for the report ("held-out text of the calibration domains (...)")
+    texts: str = "held-out texts"
 
     @property
     def ok(self) -> bool:
@@ -54,7 +56,7 @@ class ParityReport:
         if self.label_agreement is not None:
             parts.append(f"label agreement {self.label_agreement:.4f}")
         parts.append(f"max abs error {self.max_abs_error:.2e}")
-        return f"{', '.join(parts)} over {self.samples} held-out texts"
+        return f"{', '.join(parts)} over {self.samples} {self.texts}"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -204,14 +206,25 @@ def compare(
     task: str,
     tolerances: Tolerances,
     output: str | None = None,  # noqa: ARG001 - the task names its outputs; kept for callers
+    texts: str = "held-out texts",
 ) -> ParityReport:
     """Run both runners on every batch and judge the candidate against the tolerances."""
+    pairs = ((reference.infer(feeds), candidate.infer(feeds), feeds) for feeds in batches)
+    return compare_outputs(pairs, task=task, tolerances=tolerances, texts=texts)
+
+
+def compare_outputs(
+    pairs: Iterable[tuple[Any, Any, Feeds]], *, task: str, tolerances: Tolerances, texts: str = "held-out texts"
+) -> ParityReport:
+    """The same judgement on outputs someone else ran: (reference, candidate, the feeds) per batch,
+    each output a dict by name or the task's first output alone. The TensorRT engine check uses it
+    to judge the engine against ONNX Runtime as export parity is judged."""
     spec = get_task(task)
     compared: list[_Batch] = []
     nonfinite = 0
     max_abs_error = 0.0
-    for feeds in batches:
-        result, bad = _compare_batch(reference.infer(feeds), candidate.infer(feeds), feeds.get("attention_mask"), spec)
+    for want, got, feeds in pairs:
+        result, bad = _compare_batch(want, got, feeds.get("attention_mask"), spec)
         compared.append(result)
         nonfinite += bad
         max_abs_error = max(max_abs_error, result.max_abs_error)
@@ -245,4 +258,5 @@ def compare(
         nonfinite=nonfinite,
         tolerances=tolerances,
         failures=tuple(failures),
+        texts=texts,
     )

@@ -55,19 +55,35 @@ def _outputs(loaded: LoadedModel, module: Any, batches: list[Feeds]) -> list[dic
     return outputs
 
 
-def _similarity(loaded: LoadedModel, reference: list[np.ndarray], module: Any, batches: list[Feeds]) -> dict[str, float | None]:
-    mean, minimum, agreement = similarity_scores(reference, _outputs(loaded, module, batches), [b["attention_mask"] for b in batches], loaded.task)
-    return {"cosine_mean": round(mean, 6), "cosine_min": round(minimum, 6), "agreement": None if agreement is None else round(agreement, 4)}
+def _similarity(
+    loaded: LoadedModel, references: dict[str, list[np.ndarray]], module: Any, parity_sets: dict[str, list[Feeds]]
+) -> dict[str, float | None]:
+    """PyTorch-side similarity to the unpruned model on each parity set; the first set's
+    figures at the top level (as the export's parity line reads them), the others by name."""
+    figures: dict[str, Any] = {}
+    for index, (key, batches) in enumerate(parity_sets.items()):
+        mean, minimum, agreement = similarity_scores(
+            references[key], _outputs(loaded, module, batches), [b["attention_mask"] for b in batches], loaded.task
+        )
+        row = {"cosine_mean": round(mean, 6), "cosine_min": round(minimum, 6), "agreement": None if agreement is None else round(agreement, 4)}
+        if index == 0:
+            figures.update(row)
+        else:
+            figures[key] = row
+    return figures
 
 
 def prune(
     loaded: LoadedModel,
     cfg: PruneConfig,
     calibration: CalibrationConfig,
-    parity_batches: list[Feeds],
+    parity_sets: dict[str, list[Feeds]],
     progress: Callable[[str], None] = lambda line: None,
 ) -> PruneOutcome:
-    """A pruned copy of ``loaded``; the original module is left untouched (it stays the reference)."""
+    """A pruned copy of ``loaded``; the original module is left untouched (it stays the reference).
+
+    ``parity_sets`` (held-out text first, then the unseen domain) are only measured on, for the
+    report: nothing is chosen or fitted on them."""
     started = time.perf_counter()
     head_size = loaded.hidden_size // loaded.num_heads
     teacher = loaded.module
@@ -93,14 +109,14 @@ def prune(
             structure.keep_heads(student, layer, heads)
         if len(neurons) < layer.neurons:
             structure.keep_neurons(student, layer, neurons)
-    reference = _outputs(loaded, teacher, parity_batches)
-    after_cut = _similarity(loaded, reference, student, parity_batches)
+    reference = {key: _outputs(loaded, teacher, batches) for key, batches in parity_sets.items()}
+    after_cut = _similarity(loaded, reference, student, parity_sets)
 
     fits: list[dict[str, float]] = []
     if cfg.reconstruct:
         progress("pruning: least-squares reconstruction of the output projections")
         fits = reconstruct.reconstruct(student, layers, teacher, teacher_layers, fit_batches)
-    after_fit = _similarity(loaded, reference, student, parity_batches)
+    after_fit = _similarity(loaded, reference, student, parity_sets)
 
     recovery = None
     after_recovery = None
@@ -117,7 +133,7 @@ def prune(
             student, teacher, batches, cfg.recover_steps, classifier=loaded.task == "text-classification",
             progress=lambda step, loss: progress(f"pruning: recovery step {step}/{cfg.recover_steps} (loss {loss:.4f})"),
         )
-        after_recovery = _similarity(loaded, reference, student, parity_batches)
+        after_recovery = _similarity(loaded, reference, student, parity_sets)
 
     kept = structure.encoder_params(layers)
     report = {

@@ -58,7 +58,7 @@ def test_cutting_a_head_whose_output_weights_are_zero_changes_nothing(tiny_model
 def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o")
-    batches = parity_batches(loaded, job)
+    batches = {p.texts.key: p.batches for p in parity_batches(loaded, job)}
     calibration = CalibrationConfig(size=64, seq_len=64)
     plain = prune(loaded, PruneConfig(fraction=0.3, reconstruct=False), calibration, batches).report
     fitted = prune(loaded, PruneConfig(fraction=0.3), calibration, batches).report
@@ -79,7 +79,7 @@ def test_layer_by_layer_forward_of_the_reconstruction_equals_the_model(kind, tin
     from optimize.pruning.reconstruct import _advance, _first_block_calls
 
     loaded = _loaded(tiny_model_dir, kind)
-    batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[:2]
+    batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[0].batches[:2]
     layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
     calls = _first_block_calls(loaded.module, layers[0].block, batches)
     for layer in layers:
@@ -108,7 +108,7 @@ def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):
 
 def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
-    batches = parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))
+    batches = {p.texts.key: p.batches for p in parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))}
     # without the least-squares fit, so that recovery has the whole gap to close (on a tiny random
     # model the fit alone leaves a loss of 1e-5, which recovery can only jitter around)
     config = PruneConfig(fraction=0.4, reconstruct=False, recover_steps=30)
