@@ -27,10 +27,14 @@ HEADS = {
 _SIZE = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
 
 
-def _wordpiece_vocab() -> Path:
+def _wordpiece_vocab() -> dict[str, int]:
+    """The embedded BERT's WordPiece vocabulary. Passed as a dict: transformers 5's tokenizers
+    ignore ``vocab_file=`` and would map every word to [UNK], leaving the model nothing to tell
+    texts apart by but their length."""
     from optimize.exporter.resolve import embedded_model_path
 
-    return embedded_model_path() / "vocab.txt"
+    words = (embedded_model_path() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return {word: index for index, word in enumerate(words)}
 
 
 def _corpus() -> list[str]:
@@ -70,19 +74,18 @@ def _model_and_tokenizer(kind: str, layers: int):  # -> (config, tokenizer)
 
     if kind == "bert":
         config = tf.BertConfig(vocab_size=30522, num_hidden_layers=layers, max_position_embeddings=128, **_SIZE)
-        return config, tf.BertTokenizerFast(vocab_file=str(_wordpiece_vocab()), model_max_length=128)
+        return config, tf.BertTokenizerFast(vocab=_wordpiece_vocab(), model_max_length=128)
     if kind == GENERIC:  # ERNIE: a BERT-shaped encoder transformers knows, outside the tested list
         config = tf.ErnieConfig(vocab_size=30522, num_hidden_layers=layers, max_position_embeddings=128, **_SIZE)
-        return config, tf.BertTokenizerFast(vocab_file=str(_wordpiece_vocab()), model_max_length=128)
+        return config, tf.BertTokenizerFast(vocab=_wordpiece_vocab(), model_max_length=128)
     if kind == "distilbert":
         config = tf.DistilBertConfig(vocab_size=30522, dim=64, n_layers=layers, n_heads=4, hidden_dim=128, max_position_embeddings=128)
-        return config, tf.DistilBertTokenizerFast(vocab_file=str(_wordpiece_vocab()), model_max_length=128)
+        return config, tf.DistilBertTokenizerFast(vocab=_wordpiece_vocab(), model_max_length=128)
     if kind == "electra":
         config = tf.ElectraConfig(vocab_size=30522, embedding_size=32, num_hidden_layers=layers, max_position_embeddings=128, **_SIZE)
-        return config, tf.ElectraTokenizerFast(vocab_file=str(_wordpiece_vocab()), model_max_length=128)
+        return config, tf.ElectraTokenizerFast(vocab=_wordpiece_vocab(), model_max_length=128)
     if kind == "mpnet":
-        words = _wordpiece_vocab().read_text(encoding="utf-8").splitlines()
-        tokenizer = tf.MPNetTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=128)
+        tokenizer = tf.MPNetTokenizerFast(vocab=_wordpiece_vocab(), model_max_length=128)
         config = tf.MPNetConfig(vocab_size=len(tokenizer), num_hidden_layers=layers, max_position_embeddings=130, **_SIZE)
         return config, tokenizer
     if kind in ("roberta", "modernbert"):
