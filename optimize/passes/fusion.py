@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from optimize.passes.base import OptimizePass
+from optimize.passes.base import OptimizePass, op_counts
 
 #: ORT's own optimizer would rebuild what we deliberately left unfused.
 ORT_OPTIMIZERS_UNDOING_CPU_CHOICES = ("SkipLayerNormFusion",)
@@ -138,7 +138,7 @@ class OrtFusionPass(OptimizePass):
         rewrite(model, ORT_PATTERN_REWRITE_RULES)
         common.ShapeInferencePass()(model)
 
-        fused = {op: n for (domain, op), n in _op_counts(model).items() if domain == "com.microsoft"}
+        fused = {key.split("::", 1)[1]: n for key, n in op_counts(model).items() if key.startswith("com.microsoft::")}
         missing: dict[str, str] = {}
         for name, want in self.expected.items():
             op, rule = EXPECTED_OPS[name]
@@ -154,14 +154,6 @@ class OrtFusionPass(OptimizePass):
             "not_fused": self.known_unfused,
         }
         return any(counts.values())
-
-
-def _op_counts(model: ir.Model) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for node in model.graph:
-        key = (node.domain, node.op_type)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def fusion_line(stats: dict) -> str:
