@@ -183,6 +183,8 @@ def build_manifest(
             "hidden": loaded.hidden_size,
             "heads": loaded.num_heads,
             "max_sequence": loaded.max_sequence,
+            "tested_architecture": loaded.family.tested,
+            "sentence_pipeline": dataclasses.asdict(loaded.sentence) if loaded.sentence else None,
         },
         "export": {
             "opset": job.export.opset,
@@ -227,6 +229,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     reporter.note(f"model: {loaded.description}")
     for line in loaded.notes:
         reporter.warn(line)
+    for line in loaded.hints:
+        reporter.note(f"hint: {line}")
     if job.export.seq_len > loaded.max_sequence:
         raise InputError(
             f"--seq-len {job.export.seq_len} is longer than the model allows ({loaded.max_sequence} positions)",
@@ -321,6 +325,10 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     manifest["evaluation"] = evaluation
     output = Path(job.output).absolute()
     notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
+    if not loaded.family.tested:  # the generic path: said in the output and the manifest
+        line = generic_path_line(loaded.model_type)
+        notes.append(line)
+        manifest["notes"] = [*manifest["notes"], line]
     with bundles.staged(output, job.force) as staging:
         bundles.save_model(model, staging)
         loaded.tokenizer.save_pretrained(staging)
@@ -433,6 +441,12 @@ def _quantization_aware(loaded: LoadedModel, reference: LoadedModel, target: Tar
         f"{qat.report['texts']} texts, loss {qat.report['loss_first']} -> {qat.report['loss_last']} ({qat.report['seconds']:.0f} s)"
     )
     return trained, qat
+
+
+def generic_path_line(model_type: str) -> str:
+    from optimize.architectures import tested_names
+
+    return f"architecture {model_type} is not in the tested list ({', '.join(tested_names())}); parity was checked"
 
 
 def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:

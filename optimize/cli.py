@@ -83,7 +83,7 @@ def export(
     model: Annotated[str, typer.Argument(help="`bert` (the embedded default), a local Hugging Face folder, or a cached hub id.")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target to compile for; see `optimize targets`.")] = "ort-fp32",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle folder to write.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="feature-extraction or text-classification (default: from the checkpoint).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="feature-extraction, sentence-embedding, text-classification, token-classification or question-answering (default: from the checkpoint's head).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 18,
     seq_len: Annotated[str, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at; TensorRT profiles take MIN,OPT,MAX.")] = "128",
     batch: Annotated[str, typer.Option("--batch", help="TensorRT profile batch sizes MIN,OPT,MAX (or one size).")] = "1,1,32",
@@ -213,9 +213,18 @@ def export(
     probes = " ".join(f"({p['batch']},{p['sequence']})" for p in manifest["export"]["dynamic_probes"])
     out.print(f"export: {manifest['export']['strategy']}, opset {manifest['export']['opset']}, dynamic axes proven at {probes}")
     out.print(f"passes: {passes}")
+    from optimize.passes.fusion import fusion_line
+
+    for record in manifest["passes"]["passes"]:
+        if record["name"] == "ort-fusion":
+            out.print(f"fusions: {fusion_line(record.get('stats', {}))}", markup=False)
     out.print(f"parity: {outcome.parity.summary()}: within {outcome.target} tolerance")
     if outcome.unseen:
         out.print(f"parity: {outcome.unseen.summary()}: within {outcome.target} tolerance")
+    if not manifest["source"].get("tested_architecture", True):
+        from optimize.api import generic_path_line
+
+        out.print(f"architecture: {generic_path_line(manifest['source']['model_type'])}", markup=False)
     if outcome.speed:
         out.print(f"speed: {outcome.speed.summary()}")
     sizes = ", ".join(f"{name} {_mb(entry['bytes'])}" for name, entry in files.items() if name.startswith("model"))

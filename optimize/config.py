@@ -10,7 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ("feature-extraction", "text-classification")
+from optimize.tasks import TASKS as _TASKS
+
+TASKS = tuple(_TASKS)  # the task names; each task's outputs and parity measure are in optimize/tasks.py
 
 #: opsets the exporter and ONNX Runtime 1.20+ both handle well.
 SUPPORTED_OPSETS = range(17, 22)

@@ -53,20 +53,21 @@ class Target:
 
 
 def expected_fusions(loaded: LoadedModel) -> dict[str, int]:
-    """Fusions the ORT pass should achieve: one Attention per layer on every supported
-    architecture (tests/integration prove it), one BiasGelu per layer where the FFN uses erf GELU."""
-    config = loaded.module.config
-    activation = getattr(config, "hidden_act", getattr(config, "activation", ""))
-    expected = {"attention": loaded.num_layers}
-    if activation == "gelu":
-        expected["bias_gelu"] = loaded.num_layers
-    return expected
+    """Fusions the ORT pass must reach: what the model's architecture description promises per
+    layer (optimize/architectures.py; tests/integration prove each); none on the generic path."""
+    return loaded.family.expected_fusions(loaded.module.config, loaded.num_layers)
+
+
+def _fusion_pass(ctx: PassContext) -> OptimizePass:
+    from optimize.passes.fusion import OrtFusionPass
+
+    family = ctx.loaded.family
+    return OrtFusionPass(expected=expected_fusions(ctx.loaded), rules=family.rules, known_unfused=family.unfused)
 
 
 def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
-    from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.residual_bias import ResidualBiasFoldPass
     from optimize.passes.unpad import UnpadPass
 
@@ -76,7 +77,7 @@ def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
     # for fp32 only: in the int8 and fp16 graphs it would shift calibrated ranges, unmeasured.
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
         ResidualBiasFoldPass(),
@@ -89,7 +90,6 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.embedding_int8 import EmbeddingInt8Pass
-    from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.int8 import Int8Pass
     from optimize.passes.unpad import UnpadPass
     from optimize.passes.weight_storage_int8 import WeightStorageInt8Pass
@@ -97,7 +97,7 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
         Int8Pass(
@@ -116,13 +116,12 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.fp16 import Fp16Pass
-    from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.unpad import UnpadPass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
         Fp16Pass(
@@ -194,15 +193,21 @@ def _trt_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     ]
 
 
+def _classifier(task: str) -> bool:
+    from optimize.tasks import get_task
+
+    return get_task(task).classifier
+
+
 def _fp16_tolerances(task: str, job: ExportJob) -> Tolerances:
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(cosine_mean=0.9999, cosine_min=0.999, label_agreement=0.99)
     return Tolerances(cosine_mean=0.9999, cosine_min=0.9995, neighbour_agreement=0.99)
 
 
 def _int8_tolerances(task: str, job: ExportJob) -> Tolerances:
     """The budget the user set (--min-cosine), checked on held-out text."""
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(
             cosine_mean=job.quant.min_cosine, cosine_min=job.quant.min_cosine_floor, label_agreement=job.quant.min_agreement
         )
@@ -212,7 +217,7 @@ def _int8_tolerances(task: str, job: ExportJob) -> Tolerances:
 
 
 def _fp32_tolerances(task: str, job: ExportJob) -> Tolerances:
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(cosine_mean=0.99999, cosine_min=0.9999, label_agreement=1.0, max_abs_error=1e-3)
     return Tolerances(cosine_mean=0.99999, cosine_min=0.99999, neighbour_agreement=0.99)
 

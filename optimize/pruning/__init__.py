@@ -46,14 +46,15 @@ class PruneOutcome:
     report: dict[str, Any]
 
 
-def _outputs(loaded: LoadedModel, module: Any, batches: list[Feeds]) -> list[np.ndarray]:
+def _outputs(loaded: LoadedModel, module: Any, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
     import torch
 
     outputs = []
     with torch.inference_mode():
         for feeds in batches:
             tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
-            outputs.append(module(**tensors, return_dict=True)[loaded.output_name].float().numpy())
+            result = module(**tensors, return_dict=True)
+            outputs.append({name: result[name].float().numpy() for name in loaded.outputs})
     return outputs
 
 

@@ -369,7 +369,7 @@ def compare_with_onnxruntime(
                 results = compare_func(IterationResult(want, runner_name=reference.name), IterationResult(got, runner_name=engine.name))
             statistics.add(results)
             count += 1
-            yield want[output], got[output], feeds
+            yield want, got, feeds  # every output: a task may be judged on several (QA's start and end)
 
     with polygraphy_errors("comparing the TensorRT engine with ONNX Runtime failed", "rebuild with `optimize build`, or OPTIMIZE_DEBUG=1 for the log"):
         report = compare_outputs(pairs(), task=task, tolerances=tolerances)
