@@ -4,6 +4,8 @@ The Python API (the CLI only wraps it)::
 
     from optimize import ExportJob, export_model
     outcome = export_model(ExportJob(model="bert", target="ort-fp32", output=Path("out/bert")))
+
+    model = optimize.load("out/bert")    # the bundle's task: model.encode(texts), model.predict(texts)
 """
 
 from __future__ import annotations
@@ -21,4 +23,11 @@ def export_model(job: ExportJob, reporter=None):  # noqa: ANN001, ANN201 - thin 
     return _export_model(job, reporter)
 
 
-__all__ = ["ExportJob", "OptimizeError", "__version__", "export_model"]
+def load(path, **options):  # noqa: ANN001, ANN003, ANN201 - thin lazy wrapper
+    """See :func:`optimize.inference.load`: a bundle folder -> its task's model object."""
+    from optimize.inference import load as _load
+
+    return _load(path, **options)
+
+
+__all__ = ["ExportJob", "OptimizeError", "__version__", "export_model", "load"]

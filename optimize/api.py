@@ -156,6 +156,33 @@ def _io_signature(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": describe(model.graph.inputs), "outputs": describe(model.graph.outputs)}
 
 
+def session_section(session: SessionConfig, model: ir.Model, target: Target) -> dict[str, Any]:
+    """The session settings optimize.load applies, and what a plain InferenceSession (Optimum,
+    onnxruntime-node, another binding) does differently on this very graph."""
+    from optimize.runtimes.ort import default_session_difference
+
+    section: dict[str, Any] = {
+        "optimization_level": session.optimization_level,
+        "disabled_optimizers": list(session.disabled_optimizers),
+        "why": "ONNX Runtime would re-fuse what the passes deliberately left unfused; optimize.load applies these settings",
+    }
+    if session.custom_ops:
+        section["custom_ops"] = list(session.custom_ops)
+    if target.runtime == "onnxruntime":
+        difference = default_session_difference(model, session)
+        if difference["same_graph"]:
+            difference["note"] = "a default InferenceSession runs the same graph: these settings change nothing here"
+        else:
+            difference["note"] = (
+                f"a default InferenceSession adds {', '.join(difference['ops_added'])} where the graph keeps the padded "
+                "layout (unpad does not apply here): the same outputs within parity (tests/integration/test_interop.py), "
+                "but ONNX Runtime's CPU kernel for SkipLayerNormalization is slower than Add + LayerNormalization "
+                "(optimize/passes/fusion.py); pass these settings where the binding allows"
+            )
+        section["default_session"] = difference
+    return section
+
+
 def build_manifest(
     job: ExportJob,
     target: Target,
@@ -196,12 +223,7 @@ def build_manifest(
         "passes": report.as_dict(),
         "parity": parity.as_dict(),
         "speed": dataclasses.asdict(speed) if speed else None,
-        "session": {
-            "optimization_level": session.optimization_level,
-            "disabled_optimizers": list(session.disabled_optimizers),
-            "why": "ONNX Runtime would re-fuse what the passes deliberately left unfused; load the "
-            "model with these settings (optimize.runtimes.ort.build_session does)",
-        },
+        "session": session_section(session, model, target),
         "notes": list(loaded.notes),
         "versions": package_versions(),
         "hardware": fingerprint(),

@@ -371,6 +371,31 @@ def _print_eval(report) -> None:  # noqa: ANN001
         out.print(f"note: {note}", markup=False)
 
 
+@app.command(name="run")
+def run_bundle(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `optimize export`.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to run (question answering: {\"question\": ..., \"context\": ...} as JSON); none: --file, or standard input, one per line.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Texts: one per line, or a CSV/TSV/JSON-lines file with a text column (question answering: question and context columns).")] = None,
+    text_column: Annotated[str, typer.Option("--text-column", help="The column of texts where --file is a CSV, TSV or JSON-lines file.")] = "text",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per batch (sorted by length, each batch padded to its longest).")] = 32,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: one per physical core).")] = 0,
+) -> None:
+    """Run a bundle on texts and print one JSON line per input: an embedding, a label and score, entities, or an answer."""
+    from optimize.inference import load
+    from optimize.runinput import run_inputs
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}", "pass e.g. --batch-size 32")
+    if texts and file is not None:
+        raise InputError("texts given both as arguments and with --file", "pass one of them")
+    model = load(bundle, threads=threads, progress=err.is_terminal)
+    inputs = run_inputs(model.task, texts, file, text_column)
+    for item, result in zip(inputs, model.predict(inputs, batch_size=batch_size)):
+        record = {"input": item, **result} if not isinstance(item, str) else {"text": item, **result}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())

@@ -41,6 +41,8 @@ class SessionConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     #: ORT graph optimizers to switch off; see passes/fusion.py for why SkipLayerNorm is here.
     disabled_optimizers: tuple[str, ...] = ()
+    #: custom-op libraries the graph needs: "onnxruntime-extensions" for a raw-text graph (--with-tokenizer)
+    custom_ops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,13 @@ class Task:
     measure: str
     #: "neighbours" (embeddings: top-1 nearest-neighbour agreement) or "labels" (argmax agreement)
     judged_by: str
-    #: what a bundle of this task gives its user (optimize.load, issue 16, returns this)
+    #: what a bundle of this task gives its user (optimize.load returns this)
     returns: str
+    #: the class in optimize/predictors.py that optimize.load returns for a bundle of this task
+    predictor: str = "Embedder"
+    #: whether a raw-text graph (``--with-tokenizer``) can serve the task: spans need the
+    #: tokenizer's character offsets and question answering two texts, which the graph does not take
+    raw_text: bool = True
 
     @property
     def classifier(self) -> bool:
@@ -68,6 +73,8 @@ TASKS: dict[str, Task] = {
             "classes",
             "labels",
             "a label and its score per text",
+            predictor="Classifier",
+            raw_text=True,
         ),
         Task(
             "token-classification",
@@ -78,6 +85,8 @@ TASKS: dict[str, Task] = {
             "token-classes",
             "labels",
             "a label per token (entities with their character spans)",
+            predictor="TokenClassifier",
+            raw_text=False,
         ),
         Task(
             "question-answering",
@@ -87,7 +96,9 @@ TASKS: dict[str, Task] = {
             ("ForQuestionAnswering",),
             "span",
             "labels",
-            "the answer span (start and end token) per question and context",
+            "the answer span (its text and character span in the context) per question and context",
+            predictor="QuestionAnswerer",
+            raw_text=False,
         ),
     )
 }

@@ -38,7 +38,29 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    for library in cfg.custom_ops:
+        options.register_custom_ops_library(custom_ops_library(library))
     return options
+
+
+#: custom-op libraries a graph may need, by the name the manifest records
+CUSTOM_OPS = {"onnxruntime-extensions": "onnxruntime_extensions"}
+
+
+def custom_ops_library(name: str) -> str:
+    """The shared library of a custom-op package, or a BuildError saying how to install it."""
+    import importlib
+
+    if name not in CUSTOM_OPS:
+        raise BuildError(f"the graph needs custom ops from {name!r}, which this optimize does not know", "re-export the bundle")
+    try:
+        module = importlib.import_module(CUSTOM_OPS[name])
+    except ImportError as exc:
+        raise BuildError(
+            f"the graph takes raw text and needs {name} (its tokenizer ops), which is not installed",
+            "pip install 'optimize[tokenizer]' (onnxruntime-extensions)",
+        ) from exc
+    return module.get_library_path()
 
 
 def _model_bytes(model: ir.Model) -> bytes | None:
@@ -48,9 +70,9 @@ def _model_bytes(model: ir.Model) -> bytes | None:
     return proto.SerializeToString()
 
 
-def build_session(model: ir.Model | Path, cfg: SessionConfig) -> ort.InferenceSession:
+def build_session(model: ir.Model | Path, cfg: SessionConfig, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An InferenceSession over an in-memory graph or a file; load failures become BuildError."""
-    options = session_options(cfg)
+    options = options or session_options(cfg)
     providers = [p for p in cfg.providers if p in ort.get_available_providers()]
     if not providers:
         raise BuildError(
@@ -125,3 +147,29 @@ class OrtRunner(Runner):
         session = self._require()
         selected = {name: feeds[name] for name in self.input_names}
         return lambda: session.run(None, selected)
+
+
+def default_session_difference(model: ir.Model, cfg: SessionConfig) -> dict[str, object]:
+    """What a plain ``InferenceSession(model.onnx)`` does differently from ``cfg``: the ops of
+    both optimized graphs compared (ORT writes them out); only ``cfg.disabled_optimizers`` can
+    differ. Recorded in the manifest, so a user of Optimum or another binding knows."""
+    import collections
+
+    import onnx
+
+    if not cfg.disabled_optimizers:
+        return {"same_graph": True, "ops_added": {}, "ops_removed": {}}
+    counts = []
+    with tempfile.TemporaryDirectory(prefix="optimize-default-session-") as folder:
+        for index, disabled in enumerate(((), cfg.disabled_optimizers)):
+            options = session_options(SessionConfig(threads=1, custom_ops=cfg.custom_ops))
+            options.optimized_model_filepath = os.path.join(folder, f"optimized-{index}.onnx")
+            build_session(model, SessionConfig(threads=1, custom_ops=cfg.custom_ops, disabled_optimizers=disabled), options)
+            graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+            counts.append(collections.Counter(n.op_type for n in graph.node))
+    default, configured = counts
+    return {
+        "same_graph": default == configured,
+        "ops_added": dict(sorted((default - configured).items())),
+        "ops_removed": dict(sorted((configured - default).items())),
+    }
