@@ -121,6 +121,12 @@ def measure_speed(loaded: LoadedModel, model: ir.Model, session: SessionConfig, 
 
     seq_len = min(cfg.seq_len, loaded.max_sequence)
     feeds = speed_feeds(loaded, cfg.batch, seq_len)
+    if any(v.name == "text" for v in model.graph.inputs):  # a raw-text graph (--with-tokenizer) times its tokenizer too
+        import numpy as np
+
+        # the text those tokens spell, not the whole corpus the feeds were cut from
+        text = loaded.tokenizer.decode(feeds["input_ids"][0], skip_special_tokens=True)
+        feeds["text"] = np.array([text] * cfg.batch, dtype=object)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -154,6 +160,20 @@ def _io_signature(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
         ]
 
     return {"inputs": describe(model.graph.inputs), "outputs": describe(model.graph.outputs)}
+
+
+def raw_text_preflight(target: Target, job: ExportJob) -> None:
+    """--with-tokenizer: refused in one line where it cannot work, before any model is loaded."""
+    from optimize.exporter.text_input import require_extensions
+
+    if target.runtime == "tensorrt":
+        raise InputError(
+            f"--with-tokenizer puts string ops (the tokenizer) into the graph, and TensorRT has no string ops ({target.name})",
+            "use --with-tokenizer with an ort-* target, or tokenize in the application for TensorRT",
+        )
+    if job.evaluation.enabled:
+        raise InputError("--eval-data is not supported with --with-tokenizer", "judge the tokenized export with --eval-data, then export again with --with-tokenizer")
+    require_extensions()
 
 
 def session_section(session: SessionConfig, model: ir.Model, target: Target) -> dict[str, Any]:
@@ -244,6 +264,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             f"--qat trains for int8, and target {target.name} is not an int8 target",
             "use --target ort-int8 or trt-int8 with --qat, or drop --qat",
         )
+    if job.export.with_tokenizer:
+        raw_text_preflight(target, job)
     bundles.preflight(Path(job.output).absolute(), job.force)
 
     reporter.phase("loading the model")
@@ -259,6 +281,12 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             f"pass --seq-len {loaded.max_sequence} or less",
         )
 
+    if job.export.with_tokenizer:
+        from optimize.exporter.text_input import refusal
+
+        why = refusal(loaded.tokenizer, loaded.task)
+        if why:
+            raise InputError(f"--with-tokenizer cannot serve this model: {why}", "export without --with-tokenizer and tokenize in the application")
     reference = loaded  # parity and speed are always against the unpruned PyTorch model
     parity_text = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
     if job.prune.enabled and job.calibration.path is None:
@@ -290,10 +318,20 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     for record in report.records:
         for fusion, why in record.stats.get("missing", {}).items():
             reporter.warn(f"expected fusion {fusion} did not happen: {why}")
+    raw_text = None
+    if job.export.with_tokenizer:
+        from optimize.exporter.text_input import EXTENSIONS, texts_into, with_tokenizer
+
+        reporter.phase("putting the tokenizer into the graph")
+        model, raw_text = with_tokenizer(model, loaded.tokenizer, loaded.input_names, min(job.export.seq_len, loaded.max_sequence))
+        for p in parity_text:  # the raw-text graph reads the texts; the PyTorch reference their tokens
+            texts_into(p.batches, p.texts.texts, job.parity.batch_size)
     check_graph(model, strict_shapes=False)
 
     reporter.phase("checking parity against PyTorch fp32")
     session = session_for(target, job)
+    if raw_text is not None:
+        session = dataclasses.replace(session, custom_ops=(EXTENSIONS,))
     candidate = OrtRunner(model, session)
     tolerances = target.tolerances(loaded.task, job)
     if pruning is not None:
@@ -345,6 +383,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     manifest["pruning"] = pruning
     manifest["qat"] = qat.report if qat else None
     manifest["evaluation"] = evaluation
+    manifest["tokenizer_in_graph"] = raw_text
     output = Path(job.output).absolute()
     notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
     if not loaded.family.tested:  # the generic path: said in the output and the manifest

@@ -30,6 +30,8 @@ class ExportConfig:
     dynamic_probe_shapes: tuple[tuple[int, int], ...] = ((1, 8), (3, 17), (2, 64))
     #: torch.export first, TorchScript second: the order capture strategies are tried in.
     strategies: tuple[str, ...] = ("dynamo", "torchscript")
+    #: put the tokenizer in front of the model (input: a string tensor ``text`` [batch]); ort-* targets
+    with_tokenizer: bool = False
 
 
 @dataclass(frozen=True)
