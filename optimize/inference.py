@@ -87,6 +87,8 @@ class BundleRuntime:
             raise InputError(f"batch_size must be at least 1, got {batch_size}", "pass e.g. batch_size=32")
         if self.max_batch is not None:
             batch_size = min(batch_size, self.max_batch)
+        if not texts:
+            return
         if self.raw_text:
             yield from self._raw_batches(list(texts), batch_size)
             return

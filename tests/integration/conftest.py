@@ -1,0 +1,53 @@
+"""Bundles of tiny models, one per task, exported once per session for the tests that use them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tiny_models
+
+#: label names written into the tiny heads' configs, so a bundle's id2label is visibly used
+LABELS = {"sequence": ["negative", "neutral", "positive"], "token": ["O", "B-PER", "I-PER"]}
+HEAD = {"feature-extraction": None, "text-classification": "sequence", "token-classification": "token", "question-answering": "qa"}
+
+
+def _name_labels(folder: Path, names: list[str]) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    path.write_text(json.dumps(config, indent=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A function task -> (source folder, ort-fp32 bundle) of a tiny BERT with that task's head
+    (weights with std 0.5, so labels and spans differ from text to text), built once."""
+    from optimize.api import export_model
+    from optimize.config import ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+
+    root = tmp_path_factory.mktemp("tiny-bundles")
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(task: str) -> tuple[Path, Path]:
+        if task not in cache:
+            head = HEAD[task]
+            source = tiny_models.build("bert", root / f"src-{task}", head=head, init_std=0.5)
+            if head in LABELS:
+                _name_labels(source, LABELS[head])
+            job = ExportJob(
+                model=str(source),
+                target="ort-fp32",
+                output=root / task,
+                export=ExportConfig(task="", seq_len=64, dynamic_probe_shapes=((1, 5), (3, 17))),
+                parity=ParityConfig(size=24, unseen_size=24, seq_len=64),
+                speed=SpeedCheckConfig(enabled=False),
+            )
+            export_model(job)
+            cache[task] = (source, root / task)
+        return cache[task]
+
+    return get
