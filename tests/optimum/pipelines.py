@@ -17,7 +17,9 @@ else:
     from optimum.onnxruntime import ORTModelForSequenceClassification as Model
 model = Model.from_pretrained(bundle)
 run = pipeline(task, model=model, tokenizer=AutoTokenizer.from_pretrained(bundle), device="cpu")
-outputs = [run(text) for text in texts]  # one text per call: no padding in the pipeline's batches
+# one text per call: no padding in the pipeline's batches; truncated at the tokenizer's limit as optimize.load does
+options = {"tokenize_kwargs": {"truncation": True}} if task == "feature-extraction" else {"truncation": True}
+outputs = [run(text, **options) for text in texts]
 import transformers  # noqa: E402
 
 print(json.dumps({"transformers": transformers.__version__, "outputs": outputs}))
