@@ -150,6 +150,8 @@ def evaluate(bundle_path: Path, rows: Rows, batch_size: int = 32) -> EvalReport:
         )
     if manifest.get("runtime") != "onnxruntime":
         raise InputError(f"bundle {bundle_path} is for {manifest.get('target')}, evaluated here in ONNX Runtime only", "evaluate an ort-* bundle")
+    if [i.get("name") for i in manifest.get("io", {}).get("inputs", [])] == ["text"]:
+        raise InputError(f"bundle {bundle_path} takes raw text (--with-tokenizer); `optimize eval` runs tokenized bundles", "evaluate the same export without --with-tokenizer")
     if rows.labels is None:
         raise InputError(f"{rows.path} has no labels", "pass --label-column naming the column of labels")
     config = json.loads((bundle.path / "config.json").read_text())

@@ -81,6 +81,8 @@ class Embedder(BundleModel):
             embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         return embeddings
 
+    __call__ = encode
+
     def token_embeddings(self, texts: Sequence[str] | str, batch_size: int = 32) -> list[np.ndarray]:
         """Per text, its real tokens' embeddings [tokens, hidden] (special tokens included, padding not)."""
         texts = _texts(texts)
@@ -234,6 +236,3 @@ class QuestionAnswerer(BundleModel):
             "a question-answering input is a question and its context",
             'pass {"question": "...", "context": "..."} (one JSON object per line), or (question, context) pairs',
         )
-
-
-Embedder.__call__ = Embedder.encode  # type: ignore[method-assign]

@@ -40,6 +40,11 @@ def bundle_session(bundle: Bundle, threads: int) -> SessionConfig:
 def bundle_engine(bundle: Bundle, threads: int, name: str | None = None) -> Engine:
     from optimize.runtimes.ort import OrtRunner
 
+    if [i.get("name") for i in bundle.manifest.get("io", {}).get("inputs", [])] == ["text"]:
+        raise InputError(
+            f"bundle {bundle.path} takes raw text (--with-tokenizer); `optimize bench` times tokenized bundles at set shapes",
+            "bench the same export without --with-tokenizer",
+        )
     runtime = bundle.manifest.get("runtime", "onnxruntime")
     if runtime != "onnxruntime":
         from optimize.runtimes.tensorrt import bundle_runner

@@ -86,6 +86,8 @@ def test_raw_text_bundle_matches_the_tokenized_bundle(tiny_bundle, tmp_path, tar
         done = run_optimize("run", str(raw), "some text")
         assert done.code == 0, done.stderr
         assert len(json.loads(done.stdout)["embedding"]) == 64
+        # timing and evaluation feed tokens: they refuse a raw-text bundle in one line
+        assert_one_line_error(run_optimize("bench", str(raw), "--baseline", "none", "--out", str(tmp_path / "bench")), "takes raw text", code=2)
 
 
 def test_tensorrt_targets_and_span_tasks_refuse_it_in_one_line(tiny_bundle, tmp_path):
