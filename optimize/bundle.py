@@ -117,6 +117,11 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
+#: bundles this process has put in place: an interrupt that lands after the swap (delivered the
+#: moment the signals are unblocked) must not be reported as "nothing was written"
+COMMITTED: list[Path] = []
+
+
 def _commit(staging: Path, dest: Path) -> None:
     """Swap the staging folder into place; the old bundle is retired, then removed."""
     with _signals_blocked():
@@ -130,6 +135,7 @@ def _commit(staging: Path, dest: Path) -> None:
             if retired is not None:
                 os.rename(retired, dest)
             raise
+        COMMITTED.append(dest)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
 

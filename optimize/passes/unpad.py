@@ -207,6 +207,7 @@ class _Packing:
         self.flat_length = self._node("Shape", [flat_mask], "unpad_flat_length")  # [batch * sequence]
         self.zeros: dict[tuple[int, ir.DataType], ir.Value] = {}
         self.padded_shapes: dict[int, ir.Value] = {}
+        self.batch_sequence: ir.Value | None = None  # Shape(mask), made once for every channel count
 
     def _const(self, name: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
@@ -262,7 +263,9 @@ class _Packing:
     def _padded_shape(self, channels: int) -> ir.Value:
         """[batch, sequence, channels], computed once per channel count."""
         if channels not in self.padded_shapes:
-            shape = self._node("Shape", [self.mask], "unpad_batch_sequence")
+            if self.batch_sequence is None:
+                self.batch_sequence = self._node("Shape", [self.mask], "unpad_batch_sequence")
+            shape = self.batch_sequence
             width = self._const(f"unpad_width_{channels}", np.array([channels], np.int64))
             self.padded_shapes[channels] = self._node("Concat", [shape, width], f"unpad_padded_shape_{channels}", {"axis": 0})
         return self.padded_shapes[channels]
