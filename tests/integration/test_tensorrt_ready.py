@@ -54,7 +54,10 @@ def trt_bundles(tiny_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
 def test_graph_is_what_tensorrts_parser_takes(target, trt_bundles):
     outcome, folder = trt_bundles[target]
-    assert outcome.parity.ok
+    # the figures, not the gate's own verdict (export_model raises when that fails)
+    mean, worst = {"trt-fp16": (0.9999, 0.9995), "trt-int8": (0.99, 0.97)}[target]
+    assert outcome.parity.cosine_mean >= mean and outcome.parity.cosine_min >= worst, outcome.parity.summary()
+    assert outcome.parity.nonfinite == 0 and outcome.parity.samples >= 16
     model = onnx.load(str(folder / "model.onnx"))
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
     assert {n.op_type for n in model.graph.node} <= TENSORRT_SUPPORTED_OPS
