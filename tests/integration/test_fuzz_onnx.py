@@ -35,7 +35,7 @@ OPS = ["MatMul", "Add", "Gather", "Softmax", "LayerNormalization", "Reshape", "T
 
 #: internal failures accepted on validated graphs: (regex on the one-line message, why it is not
 #: a bug of ours). Empty: every one found so far was a gap in load_untrusted's checks, now closed
-#: (strings that are not UTF-8, tensors shorter than their dims).
+#: (strings that are not UTF-8, tensors holding more data than their dims say).
 EXPLAINED_INTERNAL: tuple[tuple[str, str], ...] = ()
 
 
