@@ -6,7 +6,7 @@ reference must be a plain relative path to a regular file inside the model's fol
 that file's size, and the graph must pass the ONNX checker, before onnx_ir or ONNX Runtime
 reads a byte of tensor data. Two things the checker lets through are refused here too, because
 libraries downstream crash on them: string fields that are not UTF-8 (protobuf hands proto2
-strings back as bytes) and tensors holding more data than their dims say (the checker refuses less).
+strings back as bytes) and tensors holding more data than their dims say (too little, the checker refuses).
 
 A refusal is an InputError; a library failure on a file that passed every check is an
 InputError marked ``internal`` (a gap in these checks, or a bug).
