@@ -83,13 +83,20 @@ def profile(bundle_path: Path, batch: int, seq_len: int, threads: int, runs: int
     }
 
 
+def _shown(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The per-operator-type table, with the share of all kernel time."""
     total = data["kernels_ms"]
     lines = [
         f"`{Path(data['bundle']).name}` ({data['target']}), batch {data['batch']}, sequence {data['seq_len']}, "
         f"{data['threads']} threads; median per node over {data['runs']} profiled runs "
-        f"(`python benchmarks/profile_ops.py {Path(data['bundle']).name} --batch {data['batch']} --seq {data['seq_len']} "
+        f"(`python benchmarks/profile_ops.py {_shown(data['bundle'])} --batch {data['batch']} --seq {data['seq_len']} "
         f"--threads {data['threads']} --runs {data['runs']}`).",
         "",
         "| operator type | nodes | ms | share of kernel time |",
