@@ -130,6 +130,26 @@ def predict_bundle(bundle: Path, texts: list[str], batch_size: int = 64) -> np.n
     return np.concatenate(out)
 
 
+def bundle_facts(bundle: Path) -> dict:
+    """What the artifact is, from its manifest: size, int8 layers, pruning, parity on held-back text."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    passes = {p["name"]: p.get("stats", {}) for p in manifest.get("passes", {}).get("passes", [])}
+    int8 = passes.get("int8") or {}
+    pruning = manifest.get("pruning") or {}
+    parity = manifest.get("parity") or {}
+    return {
+        "target": manifest.get("target"),
+        "model_mb": round(manifest["files"]["model.onnx"]["bytes"] / 1e6, 1),
+        "int8_layers": int8.get("int8_layers"),
+        "linear_layers": (int8["int8_layers"] + int8.get("fp32_layers", 0)) if int8 else None,
+        "encoder_params_kept_share": pruning.get("encoder_params_kept_share"),
+        "recover_steps": (pruning.get("recovery") or {}).get("steps", 0) if pruning else None,
+        "parity_cosine_mean": parity.get("cosine_mean"),
+        "parity_cosine_min": parity.get("cosine_min"),
+        "parity_label_agreement": parity.get("label_agreement"),
+    }
+
+
 def compile_targets(classifier: Path, data: Path, targets: list[str], out: Path, extra: dict[str, list[str]] | None = None) -> dict[str, Path]:
     """Export the classifier to each target with the CLI, calibrating on `train` text."""
     import subprocess
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         flags = spec.split(":")[1:]
         bundles.update(compile_targets(classifier, args.data, [target], args.out, {target: flags} if flags else None))
     for name, bundle in bundles.items():
-        rows[name] = report(test.labels, predict_bundle(bundle, test.texts))
+        rows[name] = {**report(test.labels, predict_bundle(bundle, test.texts)), "bundle": bundle_facts(bundle)}
     print(f"\nclassification report on rotten_tomatoes test ({len(test.texts)} texts):")
     print(f"{'engine':28s} {'accuracy':>9s} {'precision':>9s} {'recall':>9s} {'f1':>9s}")
     for name, r in rows.items():
