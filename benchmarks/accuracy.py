@@ -1,10 +1,15 @@
-"""The accuracy suite: fine-tune the embedded BERT on Rotten Tomatoes, compile it, compare on `test`.
+"""The accuracy suite: fine-tune the embedded BERT on Rotten Tomatoes, compress it, judge it with `optimize eval`.
 
-    python benchmarks/accuracy.py [--targets ort-fp32,ort-int8,ort-fp32:--prune=0.3:--recover=850] [--data ../shared/data/rotten_tomatoes.csv]
+    python benchmarks/accuracy.py [--specs NAME=FLAGS;...] [--data ../shared/data/rotten_tomatoes.csv] [--json OUT]
 
-The fine-tuned classifier is cached in benchmarks/.cache/ (minutes to train on 2 cores, once).
-Calibration for int8 uses `train` texts, never `test`. Prints and returns a classification
-report (accuracy, precision, recall, F1) for PyTorch fp32 and every compiled artifact.
+1. fine-tunes all-MiniLM-L6-v2 on the `train` split (cached in benchmarks/.cache/, ~17 minutes on 2 cores once);
+2. writes the data files a user would have: `train.csv` (calibration, pruning fit and recovery text:
+   every `train` row but the last 1,000), `heldback.csv` (those 1,000 labelled rows: the export's
+   accuracy gate, `--eval-data`) and `test.csv` (the 2,000 `test` rows, read by nothing but `optimize eval`);
+3. exports the classifier once per spec with the CLI, as a user would;
+4. `optimize eval BUNDLE --data test.csv` on each: accuracy of the artifact and of its source model;
+5. `optimize bench` of every bundle side by side with PyTorch (batch 1, sequence 128): speed;
+6. the frontier (test accuracy against speed) as a table and a plot.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +28,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes.csv"
 LABELS = {"negative": 0, "positive": 1}
+#: labelled `train` rows kept back from calibration for the export's accuracy gate
+HELD_BACK = 1000
+
+#: the frontier: name -> export flags (each also gets --calibration train.csv --eval-data heldback.csv)
+FRONTIER = {
+    "fp32": ["--target", "ort-fp32"],
+    "int8": ["--target", "ort-int8"],
+    "fp32-prune0.3": ["--target", "ort-fp32", "--prune", "0.3", "--recover", "600"],
+    "fp32-prune0.5": ["--target", "ort-fp32", "--prune", "0.5", "--recover", "1200"],
+    "int8-prune0.5": ["--target", "ort-int8", "--prune", "0.5", "--recover", "1200"],
+    "int8-prune0.6": ["--target", "ort-int8", "--prune", "0.6", "--recover", "1500"],
+}
+#: pruned classifiers are judged on the task (--eval-data), so the generic parity gates are loose
+PRUNED_PARITY = ["--prune-min-cosine", "0.8", "--prune-min-agreement", "0.8"]
 
 
-@dataclass(frozen=True)
-class Split:
-    texts: list[str]
-    labels: np.ndarray
-
-
-def load_split(path: Path, split: str) -> Split:
+def load_rows(path: Path, split: str) -> tuple[list[str], list[str]]:
     if not path.is_file():
         sys.exit(f"error: labelled data {path} not found; pass --data PATH to rotten_tomatoes.csv")
     texts, labels = [], []
@@ -39,12 +52,21 @@ def load_split(path: Path, split: str) -> Split:
         for row in csv.DictReader(handle):
             if row["split"] == split:
                 texts.append(row["text"])
-                labels.append(LABELS[row["label"]])
-    return Split(texts, np.array(labels))
+                labels.append(row["label"])
+    return texts, labels
+
+
+def write_rows(path: Path, texts: list[str], labels: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, labels))
+    return path
 
 
 def fine_tune(data: Path, folder: Path, epochs: int = 3, batch_size: int = 32, seed: int = 0) -> Path:
-    """Fine-tune all-MiniLM-L6-v2 for 2-way sentiment; cached in ``folder``."""
+    """Fine-tune all-MiniLM-L6-v2 for 2-way sentiment on every `train` row; cached in ``folder``."""
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -53,25 +75,25 @@ def fine_tune(data: Path, folder: Path, epochs: int = 3, batch_size: int = 32, s
     from optimize.exporter.resolve import embedded_model_path
 
     torch.manual_seed(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base = embedded_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id=LABELS
     )
-    train = load_split(data, "train")
+    texts, names = load_rows(data, "train")
+    labels = np.array([LABELS[n] for n in names])
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
-    steps = epochs * ((len(train.texts) + batch_size - 1) // batch_size)
+    steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
     rng = np.random.default_rng(seed)
     model.train()
     started, step = time.time(), 0
     for epoch in range(epochs):
-        order = rng.permutation(len(train.texts))
+        order = rng.permutation(len(texts))
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = tokenizer([train.texts[i] for i in index], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            loss = model(**batch, labels=torch.from_numpy(train.labels[index])).loss
+            batch = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            loss = model(**batch, labels=torch.from_numpy(labels[index])).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -88,121 +110,143 @@ def fine_tune(data: Path, folder: Path, epochs: int = 3, batch_size: int = 32, s
     return folder
 
 
-def report(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    true_positive = int(((predicted == 1) & (labels == 1)).sum())
-    precision = true_positive / max(int((predicted == 1).sum()), 1)
-    recall = true_positive / max(int((labels == 1).sum()), 1)
+def data_files(data: Path, out: Path) -> dict[str, Path]:
+    """train.csv, heldback.csv and test.csv, as a user with this data would have them."""
+    train_texts, train_labels = load_rows(data, "train")
+    test_texts, test_labels = load_rows(data, "test")
     return {
-        "accuracy": float((predicted == labels).mean()),
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "train": write_rows(out / "train.csv", train_texts[:-HELD_BACK], train_labels[:-HELD_BACK]),
+        "heldback": write_rows(out / "heldback.csv", train_texts[-HELD_BACK:], train_labels[-HELD_BACK:]),
+        "test": write_rows(out / "test.csv", test_texts, test_labels),
     }
 
 
-def predict_torch(folder: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    import torch
-    import transformers
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            out.append(model(**batch).logits.argmax(-1).numpy())
-    return np.concatenate(out)
+def optimize(*args: str) -> subprocess.CompletedProcess:
+    print("  $ optimize " + " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "optimize", *args], capture_output=True, text=True)
 
 
-def predict_bundle(bundle: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    import transformers
-
-    from optimize.bench.engines import bundle_engine
-    from optimize.bundle import read_bundle
-
-    engine = bundle_engine(read_bundle(bundle), threads=0)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle)
-    out = []
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128, return_tensors="np")
-        feeds = {k: encoded[k].astype(np.int64) for k in engine.input_names if k in encoded}
-        out.append(engine.run(feeds)["logits"].argmax(-1))
-    return np.concatenate(out)
+def export(classifier: Path, name: str, flags: list[str], files: dict[str, Path], out: Path, max_drop: float) -> Path | None:
+    bundle = out / name
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    extra = PRUNED_PARITY if "--prune" in flags or "--drop-layers" in flags else []
+    done = optimize(
+        "export", str(classifier), *flags, *extra, "--output", str(bundle), "--force", "--no-speed",
+        "--calibration", str(files["train"]), "--eval-data", str(files["heldback"]), "--max-accuracy-drop", str(max_drop),
+    )
+    if done.returncode != 0:
+        print(f"  {name}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}", flush=True)
+        return None
+    return bundle
 
 
 def bundle_facts(bundle: Path) -> dict:
-    """What the artifact is, from its manifest: size, int8 layers, pruning, parity on held-back text."""
+    """What the artifact is, from its manifest: int8 layers, pruning kept share, recovery steps."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     passes = {p["name"]: p.get("stats", {}) for p in manifest.get("passes", {}).get("passes", [])}
     int8 = passes.get("int8") or {}
     pruning = manifest.get("pruning") or {}
-    parity = manifest.get("parity") or {}
     return {
         "target": manifest.get("target"),
-        "model_mb": round(manifest["files"]["model.onnx"]["bytes"] / 1e6, 1),
         "int8_layers": int8.get("int8_layers"),
         "linear_layers": (int8["int8_layers"] + int8.get("fp32_layers", 0)) if int8 else None,
         "encoder_params_kept_share": pruning.get("encoder_params_kept_share"),
         "recover_steps": (pruning.get("recovery") or {}).get("steps", 0) if pruning else None,
-        "parity_cosine_mean": parity.get("cosine_mean"),
-        "parity_cosine_min": parity.get("cosine_min"),
-        "parity_label_agreement": parity.get("label_agreement"),
     }
 
 
-def compile_targets(classifier: Path, data: Path, targets: list[str], out: Path, extra: dict[str, list[str]] | None = None) -> dict[str, Path]:
-    """Export the classifier to each target with the CLI, calibrating on `train` text."""
-    import subprocess
-
-    calibration = out / "train-calibration.txt"
-    parity = out / "train-parity.txt"
-    out.mkdir(parents=True, exist_ok=True)
-    train = load_split(data, "train")
-    calibration.write_text("\n".join(train.texts[:2000]) + "\n", encoding="utf-8")
-    # parity on in-domain text too (other `train` texts, never `test`): label agreement on pydoc
-    # prose says little about a sentiment classifier (a pruned one agreed on 0.795 of it)
-    parity.write_text("\n".join(train.texts[-500:]) + "\n", encoding="utf-8")
-    bundles = {}
-    for target in targets:
-        name = target + ("-" + "-".join(a.strip("-").replace("=", "") for a in extra[target]) if extra and target in extra else "")
-        bundle = out / name
-        command = [sys.executable, "-m", "optimize", "export", str(classifier), "--target", target, "--output", str(bundle),
-                   "--force", "--no-speed", "--calibration", str(calibration), "--parity-text", str(parity), *(extra or {}).get(target, [])]
-        print("  $ optimize " + " ".join(command[3:]), flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
+def evaluate(bundle: Path, test: Path) -> dict:
+    report = bundle.with_suffix(".eval.json")
+    if not report.is_file():
+        done = optimize("eval", str(bundle), "--data", str(test), "--json", str(report))
         if done.returncode != 0:
-            print(f"  {target}: {done.stderr.strip().splitlines()[-1]}", flush=True)
+            raise SystemExit(f"eval of {bundle} failed: {done.stderr.strip()}")
+        print(done.stdout, flush=True)
+    return json.loads(report.read_text())
+
+
+def speed(bundles: dict[str, Path], out: Path, rounds: int) -> dict[str, float]:
+    """Each bundle's speed-up over PyTorch eager at batch 1, sequence 128, all in one run."""
+    result = out / "bench" / "bench.json"
+    if not result.is_file():
+        done = optimize("bench", *map(str, bundles.values()), "--batch", "1", "--seq", "128", "--threads", "2",
+                        "--rounds", str(rounds), "--out", str(result.parent))
+        if done.returncode != 0:
+            raise SystemExit(f"bench failed: {done.stderr.strip()}")
+        print(done.stdout, flush=True)
+    cells = json.loads(result.read_text())["cells"]
+    by_engine = {c["engine"]: c for c in cells}
+    return {name: by_engine[bundle.name]["speedup"] for name, bundle in bundles.items() if bundle.name in by_engine}
+
+
+def plot(rows: dict[str, dict], source_accuracy: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, row in rows.items():
+        if row.get("speedup") is None:
             continue
-        bundles[name] = bundle
-    return bundles
+        axis.scatter(row["speedup"], row["accuracy"] * 100, color="tab:blue" if "int8" in name else "tab:orange")
+        axis.annotate(name, (row["speedup"], row["accuracy"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axis.axhline(source_accuracy * 100, color="gray", linestyle="--", label="fine-tuned PyTorch fp32")
+    axis.axhline(source_accuracy * 100 - 1.0, color="gray", linestyle=":", label="1 point below")
+    axis.set_xlabel("speed-up over PyTorch eager fp32 (batch 1, sequence 128, 2 threads)")
+    axis.set_ylabel("rotten_tomatoes test accuracy (%)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--targets", default="ort-fp32,ort-int8")
+    parser.add_argument("--specs", default="", help="NAME=FLAGS;... (flags space-separated); default: the frontier")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "accuracy")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "plots" / "accuracy-frontier.png")
     args = parser.parse_args(argv)
 
+    specs = FRONTIER
+    if args.specs:
+        specs = {name: flags.split() for name, flags in (s.split("=", 1) for s in args.specs.split(";") if s.strip())}
     print("fine-tuning (cached after the first run) ...", flush=True)
     classifier = fine_tune(args.data, CACHE / "minilm-rotten-tomatoes")
-    test = load_split(args.data, "test")
-    rows = {"pytorch fp32": report(test.labels, predict_torch(classifier, test.texts))}
-    # a target may carry export flags after colons: ort-fp32:--prune=0.3:--recover=850
-    specs = [t for t in args.targets.split(",") if t]
-    bundles = {}
-    for spec in specs:
-        target = spec.split(":")[0]
-        flags = spec.split(":")[1:]
-        bundles.update(compile_targets(classifier, args.data, [target], args.out, {target: flags} if flags else None))
-    for name, bundle in bundles.items():
-        rows[name] = {**report(test.labels, predict_bundle(bundle, test.texts)), "bundle": bundle_facts(bundle)}
-    print(f"\nclassification report on rotten_tomatoes test ({len(test.texts)} texts):")
-    print(f"{'engine':28s} {'accuracy':>9s} {'precision':>9s} {'recall':>9s} {'f1':>9s}")
-    for name, r in rows.items():
-        print(f"{name:28s} {r['accuracy']:9.4f} {r['precision']:9.4f} {r['recall']:9.4f} {r['f1']:9.4f}")
-    result = {"test_texts": len(test.texts), "rows": rows}
+    files = data_files(args.data, args.out)
+    bundles = {name: b for name, flags in specs.items() if (b := export(classifier, name, flags, files, args.out, args.max_accuracy_drop))}
+    reports = {name: evaluate(bundle, files["test"]) for name, bundle in bundles.items()}
+    speedups = speed(bundles, args.out, args.rounds) if bundles else {}
+    source_accuracy = next(iter(reports.values()))["source"]["accuracy"] if reports else float("nan")
+    rows = {}
+    for name, report in reports.items():
+        manifest = json.loads((bundles[name] / "manifest.json").read_text())
+        rows[name] = {
+            "flags": " ".join(specs[name]),
+            "accuracy": report["artifact"]["accuracy"],
+            "accuracy_drop": report["accuracy_drop"],
+            "drop_interval": report["drop_interval"],
+            "agreement": report["agreement"],
+            "heldback_drop": (manifest.get("evaluation") or {}).get("accuracy_drop"),
+            "speedup": speedups.get(name),
+            "model_mb": round((bundles[name] / "model.onnx").stat().st_size / 1e6, 1),
+            "bundle": bundle_facts(bundles[name]),
+        }
+    print(f"\nrotten_tomatoes test ({reports and next(iter(reports.values()))['rows']} rows); fine-tuned PyTorch fp32 accuracy {source_accuracy:.4f}")
+    print(f"{'bundle':16s} {'accuracy':>9s} {'drop (pts)':>11s} {'95% interval':>16s} {'vs PyTorch':>10s} {'MB':>6s}")
+    for name, row in rows.items():
+        low, high = row["drop_interval"]
+        ratio = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+        print(f"{name:16s} {row['accuracy']:9.4f} {row['accuracy_drop']:+11.2f} {f'{low:+.2f} to {high:+.2f}':>16s} {ratio:>10s} {row['model_mb']:6.1f}")
+    if rows:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, source_accuracy, args.plot)
+    result = {"test_rows": reports and next(iter(reports.values()))["rows"], "source_accuracy": source_accuracy, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -18,14 +18,15 @@ import onnx_ir as ir
 from optimize import bundle as bundles
 from optimize.bench.hardware import fingerprint, package_versions
 from optimize.calibration.batches import token_batches, tokenize
-from optimize.calibration.corpus import held_out_paragraphs, parity_texts
+from optimize.calibration.corpus import TextSet, held_out_paragraphs, parity_sets, parity_texts
 from optimize.config import EngineConfig, ExportJob, SessionConfig, SpeedCheckConfig, Tolerances
 from optimize.errors import InputError, ParityError
 from optimize.exporter import ExportResult, LoadedModel, export, resolve
 from optimize.exporter.validate import check_graph
 from optimize.parity import ParityReport, compare
 from optimize.passes.pipeline import PipelineReport
-from optimize.runtimes.base import Feeds
+from optimize.runtimes.base import Feeds, Runner
+from optimize.textdata import Rows
 from optimize.targets import PassContext, Target, get_target
 from optimize.passes.pipeline import Pipeline
 
@@ -71,9 +72,11 @@ class ExportOutcome:
     output: Path
     target: str
     manifest: dict[str, Any]
-    parity: ParityReport
+    parity: ParityReport  # held-out text of the calibration domains
     speed: SpeedLine | None
     notes: list[str] = field(default_factory=list)
+    #: text of a domain no calibration source holds; None where it was turned off
+    unseen: ParityReport | None = None
 
 
 def session_for(target: Target, job: ExportJob, threads: int | None = None) -> SessionConfig:
@@ -84,17 +87,22 @@ def session_for(target: Target, job: ExportJob, threads: int | None = None) -> S
     )
 
 
-def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[Feeds]:
-    texts = list(dict.fromkeys(parity_texts(job.parity.path, job.parity.size)))  # exact duplicates tie neighbours
-    return list(
-        token_batches(
-            loaded.tokenizer,
-            texts,
-            loaded.input_names,
-            batch_size=job.parity.batch_size,
-            seq_len=min(job.parity.seq_len, loaded.max_sequence),
-        )
-    )
+@dataclass(frozen=True)
+class ParityText:
+    """One set of parity texts, tokenized once for every comparison that uses it."""
+
+    texts: TextSet
+    batches: list[Feeds]
+
+
+def parity_batches(loaded: LoadedModel, job: ExportJob) -> list[ParityText]:
+    """The held-out text of the calibration domains first, then the unseen domain."""
+    sets = parity_sets(job.parity.path, job.calibration.path, job.parity.size, job.parity.unseen_size, job.calibration.text_column)
+    seq_len = min(job.parity.seq_len, loaded.max_sequence)
+    return [
+        ParityText(text_set, list(token_batches(loaded.tokenizer, text_set.texts, loaded.input_names, batch_size=job.parity.batch_size, seq_len=seq_len)))
+        for text_set in sets
+    ]
 
 
 def speed_feeds(loaded: LoadedModel, batch: int, seq_len: int) -> Feeds:
@@ -175,6 +183,8 @@ def build_manifest(
             "hidden": loaded.hidden_size,
             "heads": loaded.num_heads,
             "max_sequence": loaded.max_sequence,
+            "tested_architecture": loaded.family.tested,
+            "sentence_pipeline": dataclasses.asdict(loaded.sentence) if loaded.sentence else None,
         },
         "export": {
             "opset": job.export.opset,
@@ -207,6 +217,11 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     target = get_target(job.target)
     if target.preflight:
         target.preflight(job)
+    if job.quant.qat_steps and target.int8 is None:
+        raise InputError(
+            f"--qat trains for int8, and target {target.name} is not an int8 target",
+            "use --target ort-int8 or trt-int8 with --qat, or drop --qat",
+        )
     bundles.preflight(Path(job.output).absolute(), job.force)
 
     reporter.phase("loading the model")
@@ -214,6 +229,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     reporter.note(f"model: {loaded.description}")
     for line in loaded.notes:
         reporter.warn(line)
+    for line in loaded.hints:
+        reporter.note(f"hint: {line}")
     if job.export.seq_len > loaded.max_sequence:
         raise InputError(
             f"--seq-len {job.export.seq_len} is longer than the model allows ({loaded.max_sequence} positions)",
@@ -221,22 +238,32 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         )
 
     reference = loaded  # parity and speed are always against the unpruned PyTorch model
-    held_out = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    parity_text = parity_batches(loaded, job)  # pruning keeps the tokenizer: one tokenization serves all
+    if job.prune.enabled and job.calibration.path is None:
+        reporter.note(
+            "pruning fits the model to the built-in calibration text (four domains); "
+            "pass --calibration FILE with your own text to fit it to what it will see"
+        )
     pruning = None
     if job.prune.enabled:
         from optimize.pruning import prune
 
         reporter.phase("pruning")
-        pruned = prune(loaded, job.prune, job.calibration, held_out, progress=reporter.phase)
+        pruned = prune(loaded, job.prune, job.calibration, {p.texts.key: p.batches for p in parity_text}, progress=reporter.phase)
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
+
+    qat = None
+    if job.quant.qat_steps:
+        assert target.int8 is not None
+        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter)
 
     reporter.phase("exporting to ONNX")
     exported = export(loaded, job.export)
     model = exported.model
 
     reporter.phase(f"running the {target.name} passes")
-    pipeline = Pipeline(target.passes(PassContext(loaded, job)))
+    pipeline = Pipeline(target.passes(PassContext(loaded, job, qat.schemes if qat else None)))
     report = pipeline.run(model, progress=lambda name: reporter.phase(f"pass: {name}"))
     for record in report.records:
         for fusion, why in record.stats.get("missing", {}).items():
@@ -249,22 +276,39 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     tolerances = target.tolerances(loaded.task, job)
     if pruning is not None:
         tolerances = pruned_tolerances(tolerances, job)
-    parity = compare(
-        TorchRunner(reference),
-        candidate,
-        held_out,
-        task=loaded.task,
-        output=loaded.output_name,
-        tolerances=tolerances,
-    )
-    if not parity.ok:
+    if job.evaluation.enabled and loaded.task == "text-classification":
+        # the task judges a classifier (--eval-data): one text whose decision flips (a probability
+        # cosine near 0) is what accuracy measures, not a defect of its own; the mean, the label
+        # agreement and the accuracy gate still hold
+        tolerances = dataclasses.replace(tolerances, cosine_min=0.0)
+    torch_reference = TorchRunner(reference)
+    reports = [
+        compare(torch_reference, candidate, p.batches, task=loaded.task, output=loaded.output_name, tolerances=tolerances, texts=p.texts.label)
+        for p in parity_text
+    ]
+    parity, unseen = reports[0], (reports[1] if len(reports) > 1 else None)
+    failures = [f"{r.texts}: {f}" for r in reports for f in r.failures]
+    if failures:
         if pruning is not None:  # the cut, not the target, is the likelier cause: say what helps it
             hint = "add recovery (e.g. --recover 850), prune less, or lower --prune-min-cosine"
             if job.prune.recover_steps:
                 hint = "prune less, recover longer, or lower --prune-min-cosine"
         else:
             hint = "choose a higher-precision target or relax the budget where the target allows it"
-        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(parity.failures)} (no bundle written)", hint)
+        if unseen is not None and not unseen.ok and parity.ok and job.calibration.path is None:
+            hint += "; or calibrate on text like yours with --calibration FILE"
+        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(failures)} (no bundle written)", hint)
+    domain_gap = unseen_domain_gap(parity, unseen)
+    if domain_gap:
+        reporter.warn(domain_gap)
+    evaluation = None
+    if job.evaluation.enabled:
+        reporter.phase("evaluating on the labelled rows (--eval-data)")
+        evaluation = accuracy_gate(reference, candidate, loaded, job, target)
+        reporter.note(
+            f"accuracy on {evaluation['rows']} rows of {job.evaluation.path.name}: {evaluation['source']['accuracy']:.4f} -> "
+            f"{evaluation['artifact']['accuracy']:.4f} ({evaluation['accuracy_drop']:+.2f} points, allowed {job.evaluation.max_accuracy_drop})"
+        )
 
     speed = None
     if job.speed.enabled and target.runtime == "tensorrt":
@@ -275,9 +319,16 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
 
     reporter.phase("writing the bundle")
     manifest = build_manifest(job, target, loaded, exported, report, parity, speed, session, model)
+    manifest["parity_unseen_domain"] = unseen.as_dict() if unseen else None
     manifest["pruning"] = pruning
+    manifest["qat"] = qat.report if qat else None
+    manifest["evaluation"] = evaluation
     output = Path(job.output).absolute()
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + ([domain_gap] if domain_gap else [])
+    if not loaded.family.tested:  # the generic path: said in the output and the manifest
+        line = generic_path_line(loaded.model_type)
+        notes.append(line)
+        manifest["notes"] = [*manifest["notes"], line]
     with bundles.staged(output, job.force) as staging:
         bundles.save_model(model, staging)
         loaded.tokenizer.save_pretrained(staging)
@@ -287,7 +338,7 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             reason = tensorrt_unavailable()
             if reason is None:
                 reporter.phase("building the TensorRT engine")
-                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, held_out, job.engine)
+                manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, parity_text[0].batches, job.engine)
             else:
                 line = (
                     f"engine not built: {reason}; copy {output} to the GPU machine, "
@@ -297,7 +348,105 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
                 notes.append(line)
         bundles.write_manifest(staging, manifest)
     final = json.loads((output / bundles.MANIFEST_FILE).read_text())
-    return ExportOutcome(output, target.name, final, parity, speed, notes)
+    return ExportOutcome(output, target.name, final, parity, speed, notes, unseen)
+
+
+#: the unseen domain is "much worse" when it loses this many times the mean cosine the
+#: calibration domains lose, and at least UNSEEN_GAP_MIN in absolute terms
+UNSEEN_GAP_RATIO = 2.0
+UNSEEN_GAP_MIN = 0.005
+
+
+def unseen_domain_gap(seen: ParityReport, unseen: ParityReport | None) -> str | None:
+    """A line when the artifact holds up much worse on the unseen domain than on the calibration
+    domains: the compression learned its calibration text, and the user's text may be unlike it."""
+    if unseen is None:
+        return None
+    lost_seen, lost_unseen = 1.0 - seen.cosine_mean, 1.0 - unseen.cosine_mean
+    if lost_unseen < UNSEEN_GAP_MIN or lost_unseen < UNSEEN_GAP_RATIO * lost_seen:
+        return None
+    return (
+        f"on {unseen.texts} the artifact keeps cosine {unseen.cosine_mean:.4f} against {seen.cosine_mean:.4f} on "
+        f"{seen.texts}: its compression fits the calibration text; calibrate on text like yours with --calibration FILE"
+    )
+
+
+def gate_rows(job: ExportJob) -> Rows:
+    """The --eval-data rows the gate judges on: every row whose text no calibration, fit or
+    recovery read (a user may pass overlapping files)."""
+    from optimize.calibration.corpus import RECOVERY_TEXTS_MAX, calibration_texts
+    from optimize.textdata import read_rows
+
+    cfg = job.evaluation
+    assert cfg.path is not None
+    rows = read_rows(cfg.path, text_column=cfg.text_column, label_column=cfg.label_column, flag="--eval-data")
+    seen = set(calibration_texts(job.calibration.path, RECOVERY_TEXTS_MAX, job.calibration.text_column))
+    keep = [i for i, text in enumerate(rows.texts) if text not in seen]
+    if not keep:
+        raise InputError(
+            f"every row of --eval-data {cfg.path} is also calibration text", "evaluate on rows the calibration never saw"
+        )
+    assert rows.labels is not None
+    return Rows(rows.path, tuple(rows.texts[i] for i in keep), tuple(rows.labels[i] for i in keep))
+
+
+def accuracy_gate(reference: LoadedModel, candidate: Runner, loaded: LoadedModel, job: ExportJob, target: Target) -> dict[str, Any]:
+    """--eval-data: the artifact against its source model on the user's labelled rows; a drop past
+    --max-accuracy-drop is a ParityError (exit 6, no bundle)."""
+    from optimize.evaluation import compare_on_rows, label_ids, predict
+    from optimize.runtimes.torch_ref import TorchRunner
+
+    if loaded.task != "text-classification":
+        raise InputError(
+            f"--eval-data measures classification accuracy, and this is a {loaded.task} export",
+            "pass --task text-classification with a classifier, or drop --eval-data",
+        )
+    rows = gate_rows(job)
+    config = reference.module.config
+    id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    assert rows.labels is not None
+    truth = label_ids(rows.labels, id2label, rows.path)
+    seq_len = min(job.export.seq_len, reference.max_sequence)
+    source = predict(TorchRunner(reference), reference.tokenizer, reference.input_names, rows.texts, seq_len, output=reference.output_name)
+    artifact = predict(candidate, loaded.tokenizer, loaded.input_names, rows.texts, seq_len, output=loaded.output_name)
+    report = compare_on_rows(truth, source, artifact, [id2label[i] for i in sorted(id2label)])
+    limit = job.evaluation.max_accuracy_drop
+    if report.accuracy_drop > limit:
+        low, high = report.drop_interval
+        raise ParityError(
+            f"{target.name} artifact loses {report.accuracy_drop:.2f} accuracy points on {report.rows} rows of {rows.path.name} "
+            f"({report.source.accuracy:.4f} -> {report.artifact.accuracy:.4f}, 95% interval {low:+.2f} to {high:+.2f}) "
+            f"> --max-accuracy-drop {limit} (no bundle written)",
+            "compress less (a higher-precision target, less --prune, more --recover or --qat steps) or allow a larger drop",
+        )
+    return {**report.as_dict(), "file": str(rows.path), "max_accuracy_drop": limit}
+
+
+def _quantization_aware(loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter):  # -> (LoadedModel, QatOutcome)
+    """--qat: the post-training int8 plan first (the target's passes on a first export), then the
+    model trained under it against the unpruned fp32 model."""
+    from optimize.passes.int8 import Int8Pass
+    from optimize.quantization.qat import quantization_aware_distillation
+
+    assert target.int8 is not None
+    reporter.phase("quantization-aware distillation: the post-training plan to start from")
+    passes = target.passes(PassContext(loaded, job))
+    Pipeline(passes).run(export(loaded, job.export).model)
+    plan = next(p for p in passes if isinstance(p, Int8Pass)).plan
+    trained, qat = quantization_aware_distillation(
+        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase
+    )
+    reporter.note(
+        f"quantization-aware distillation: {len(plan)} int8 layers planned, {job.quant.qat_steps} steps on "
+        f"{qat.report['texts']} texts, loss {qat.report['loss_first']} -> {qat.report['loss_last']} ({qat.report['seconds']:.0f} s)"
+    )
+    return trained, qat
+
+
+def generic_path_line(model_type: str) -> str:
+    from optimize.architectures import tested_names
+
+    return f"architecture {model_type} is not in the tested list ({', '.join(tested_names())}); parity was checked"
 
 
 def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
@@ -308,7 +457,7 @@ def pruned_tolerances(tolerances: Tolerances, job: ExportJob) -> Tolerances:
         cosine_mean=min(tolerances.cosine_mean, cfg.min_cosine),
         cosine_min=min(tolerances.cosine_min, cfg.min_cosine_floor),
         neighbour_agreement=min(tolerances.neighbour_agreement, cfg.min_agreement),
-        label_agreement=min(tolerances.label_agreement, max(cfg.min_agreement, 0.9)),
+        label_agreement=min(tolerances.label_agreement, cfg.min_label_agreement),
         max_abs_error=None,
     )
 
@@ -318,7 +467,11 @@ def prune_summary(report: dict[str, Any]) -> str:
     stages = [("cut", similarity["after_cut"]), ("reconstructed", similarity["after_reconstruction"])]
     if similarity["after_recovery"]:
         stages.append(("recovered", similarity["after_recovery"]))
-    figures = ", ".join(f"{name} {s['cosine_mean']:.4f}" for name, s in stages)
+    def figure(name: str, s: dict[str, Any]) -> str:
+        unseen = s.get("unseen_domain")
+        return f"{name} {s['cosine_mean']:.4f}" + (f" ({unseen['cosine_mean']:.4f} unseen domain)" if unseen else "")
+
+    figures = ", ".join(figure(name, s) for name, s in stages)
     return (
         f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
         f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "
@@ -333,47 +486,94 @@ def tensorrt_unavailable() -> str | None:
 
 
 def tensorrt_section(model: ir.Model, input_names: tuple[str, ...], engine: EngineConfig) -> dict[str, Any]:
-    """What a TensorRT build needs to know: profiles, which layers stay fp32, the parser checked."""
-    from optimize.passes.fp16 import NORMALIZATIONS
+    """What a TensorRT build needs to know: the profile, the workspace, the parser and versions checked."""
     from optimize.passes.trt_ready import TENSORRT_VERSION
-    from optimize.runtimes.tensorrt import profile_shapes
+    from optimize.runtimes.tensorrt import TENSORRT_RANGE
+    from optimize.runtimes.trt_profile import profile_shapes
 
     return {
         "parser_checked": TENSORRT_VERSION,
+        "tensorrt_supported": TENSORRT_RANGE,
+        "build": "strongly typed: model.onnx's own types decide each layer's precision (no precision flags)",
         "profile": profile_shapes(list(input_names), engine),
-        "fp32_layers": [n.name for n in model.graph if n.op_type in NORMALIZATIONS],
         "workspace_mib": engine.workspace_mib,
         "engine": None,
     }
 
 
+def engine_tolerances(manifest: dict[str, Any]) -> Tolerances:
+    """The tolerances the engine is held to against ONNX Runtime: the ones the bundle's export parity
+    was judged by (the target's, with the user's --min-cosine for int8). A pruned bundle's recorded
+    tolerances are loosened for the cut, which the engine does not add to: it gets the target's own."""
+    recorded = (manifest.get("parity") or {}).get("tolerances")
+    names = {f.name for f in dataclasses.fields(Tolerances)}
+    if isinstance(recorded, dict) and not manifest.get("pruning") and names <= set(recorded):
+        return Tolerances(**{name: recorded[name] for name in names})
+    target = get_target(str(manifest.get("target")))
+    return target.tolerances(str(manifest.get("task", "feature-extraction")), ExportJob(model="", target=target.name, output=Path(".")))
+
+
 def build_engine_into(folder: Path, manifest: dict[str, Any], batches: list[Feeds], engine: EngineConfig) -> dict[str, Any]:
-    """Build engine.plan in ``folder`` (timing cache beside it) and compare it with ONNX Runtime."""
-    from optimize.runtimes.tensorrt import build_engine, compare_with_onnxruntime, info_dict
+    """Build engine.plan in ``folder`` (timing cache beside it) and check it against ONNX Runtime.
 
-    section = manifest["tensorrt"]
+    The comparison batches are cut to the profile's maximum batch and sequence and padded up to
+    its minimum (trt_profile), and judged like export parity, within the target's tolerances."""
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.tensorrt import TrtRunner, build_engine, compare_with_onnxruntime, device_here, info_dict
+    from optimize.runtimes.trt_profile import ProfileFit, cut_to_profile
+
     inputs = [i["name"] for i in manifest["io"]["inputs"]]
-    data, info = build_engine(
-        folder / bundles.MODEL_FILE, manifest["precision"], engine, inputs, section["fp32_layers"], folder / bundles.TIMING_CACHE_FILE
-    )
+    outputs = [o["name"] for o in manifest["io"]["outputs"]]
+    model_path = folder / bundles.MODEL_FILE
+    data, info = build_engine(model_path, manifest["precision"], engine, inputs, folder / bundles.TIMING_CACHE_FILE, device_here())
     (folder / bundles.ENGINE_FILE).write_bytes(data)
-    tolerance = 5e-2 if manifest["precision"] == "int8" else 1e-2
-    comparison = compare_with_onnxruntime(folder / bundles.MODEL_FILE, data, batches, atol=tolerance, rtol=tolerance)
-    if not comparison["passed"]:
-        raise ParityError(
-            f"the TensorRT engine differs from ONNX Runtime beyond atol/rtol {tolerance} (Polygraphy comparator)",
-            "rebuild with a newer TensorRT or report the model; the engine was not kept",
+    recorded_session = manifest.get("session") or {}
+    session = SessionConfig(
+        optimization_level=recorded_session.get("optimization_level", "all"),
+        disabled_optimizers=tuple(recorded_session.get("disabled_optimizers", ())),
+    )
+    candidate = ProfileFit(TrtRunner(data, tuple(inputs), tuple(outputs)), engine, pad_id=_pad_token_id(folder))
+    try:
+        check = compare_with_onnxruntime(
+            OrtRunner(model_path, session),
+            candidate,
+            cut_to_profile(batches, engine),
+            task=str(manifest.get("task", "feature-extraction")),
+            output=outputs[0],
+            tolerances=engine_tolerances(manifest),
         )
-    return {**info_dict(info), "ort_comparison": comparison}
+    finally:
+        candidate.deactivate()
+    if not check.ok:
+        raise ParityError(
+            f"the TensorRT engine is out of {manifest.get('target')} tolerance against ONNX Runtime: "
+            f"{'; '.join(check.parity.failures)} (engine not kept)",
+            "rebuild with another TensorRT release in the supported range, or report the model",
+        )
+    return {**info_dict(info), "ort_comparison": check.as_dict()}
 
 
-def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
-    """`optimize build`: add engine.plan to a TensorRT bundle, on the machine that will run it."""
+def _pad_token_id(folder: Path) -> int:
+    """The id the tokenizer pads with (config.json), for comparison batches padded up to the profile."""
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("pad_token_id")
+    except (OSError, ValueError):
+        value = None
+    return int(value) if isinstance(value, int) else 0
+
+
+def build_bundle(path: Path, overrides: "EngineOverrides | None" = None, reporter: Reporter | None = None) -> dict[str, Any]:  # noqa: F821
+    """`optimize build`: add engine.plan to a TensorRT bundle, on the machine that will run it.
+
+    The profile and workspace start from what the manifest records; each of ``overrides``
+    (--batch, --seq-len, --workspace) replaces only its own part."""
     import copy
     import shutil
 
-    from optimize.config import ShapeRange
-    from optimize.runtimes.tensorrt import require
+    from optimize.config import EngineOverrides, ParityConfig
+    from optimize.runtimes.tensorrt import device_here, require
+    from optimize.runtimes.timing_cache import carried_files, foreign
+    from optimize.runtimes.trt_profile import profile_shapes, recorded_engine
     from optimize.untrusted import load_untrusted
 
     reporter = reporter or SilentReporter()
@@ -383,34 +583,47 @@ def build_bundle(path: Path, engine: EngineConfig | None = None, reporter: Repor
             f"bundle {path} is for target {bundle.target}, not a TensorRT target",
             "export with --target trt-fp16 or --target trt-int8 to get a bundle `optimize build` can build",
         )
+    engine = (overrides or EngineOverrides()).applied_to(recorded_engine(bundle.manifest))
+    check_engine_config(engine, bundle.manifest)
     load_untrusted(bundle.model_path)  # never hand an unchecked file to a parser
     require()
-    if engine is None:
-        recorded = bundle.manifest["tensorrt"]["profile"]
-        first = next(iter(recorded.values()))
-        engine = EngineConfig(
-            batch=ShapeRange(first[0][0], first[1][0], first[2][0]),
-            sequence=ShapeRange(first[0][1], first[1][1], first[2][1]),
-            workspace_mib=int(bundle.manifest["tensorrt"].get("workspace_mib", 4096)),
-        )
+    cache_note = None
+    if (bundle.path / bundles.TIMING_CACHE_FILE).is_file():
+        cache_note = foreign((bundle.manifest["tensorrt"].get("engine") or {}).get("device"), device_here())
+        if cache_note:
+            reporter.note(cache_note)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(bundle.path)
     inputs = tuple(i["name"] for i in bundle.manifest["io"]["inputs"])
-    texts = list(dict.fromkeys(parity_texts(None, 64)))
-    batches = list(token_batches(tokenizer, texts, inputs, batch_size=min(16, engine.batch.maximum), seq_len=engine.sequence.maximum))
+    # as many held-out texts as export parity takes: with 64, a single top-1 neighbour flip (1/64) would miss fp16's 0.99
+    parity = ParityConfig()
+    texts = list(dict.fromkeys(parity_texts(None, parity.size)))
+    batches = list(token_batches(tokenizer, texts, inputs, batch_size=parity.batch_size, seq_len=engine.sequence.maximum))
     manifest = copy.deepcopy(bundle.manifest)
     with bundles.staged(path, True) as staging:
-        for item in bundle.path.iterdir():  # the timing cache among them: the build reuses it
-            if item.is_file() and item.name not in (bundles.ENGINE_FILE, bundles.MANIFEST_FILE):
-                shutil.copy2(item, staging / item.name)
+        for item in carried_files(bundle.path, keep_timing_cache=cache_note is None):
+            shutil.copy2(item, staging / item.name)
         reporter.phase("building the TensorRT engine")
-        from optimize.runtimes.tensorrt import profile_shapes
-
         manifest["tensorrt"]["profile"] = profile_shapes(list(inputs), engine)
+        manifest["tensorrt"]["workspace_mib"] = engine.workspace_mib
         manifest["tensorrt"]["engine"] = build_engine_into(staging, manifest, batches, engine)
+        if cache_note:
+            manifest["tensorrt"]["engine"]["timing_cache_note"] = cache_note
         manifest["tensorrt"].pop("engine_note", None)
         manifest["hardware_engine"] = fingerprint()
         manifest = {k: v for k, v in manifest.items() if k not in ("format", "files")}
         bundles.write_manifest(staging, manifest)
     return json.loads((path / bundles.MANIFEST_FILE).read_text())
+
+
+def check_engine_config(engine: EngineConfig, manifest: dict[str, Any]) -> None:
+    """Refuse, before any GPU work, a profile the model cannot take or a workspace of nothing."""
+    positions = int((manifest.get("source") or {}).get("max_sequence") or 0)
+    if positions and engine.sequence.maximum > positions:
+        raise InputError(
+            f"--seq-len maximum {engine.sequence.maximum} is longer than the model allows ({positions} positions)",
+            f"pass a --seq-len whose maximum is {positions} or less",
+        )
+    if engine.workspace_mib < 1:
+        raise InputError(f"--workspace must be at least 1 MiB, got {engine.workspace_mib}", "pass e.g. --workspace 4096")

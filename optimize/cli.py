@@ -6,6 +6,8 @@ Every error is one line on stderr, ``error: <problem>; <fix>``, and an exit code
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import sys
@@ -81,25 +83,33 @@ def export(
     model: Annotated[str, typer.Argument(help="`bert` (the embedded default), a local Hugging Face folder, or a cached hub id.")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target to compile for; see `optimize targets`.")] = "ort-fp32",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle folder to write.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="feature-extraction or text-classification (default: from the checkpoint).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="feature-extraction, sentence-embedding, text-classification, token-classification or question-answering (default: from the checkpoint's head).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 18,
     seq_len: Annotated[str, typer.Option("--seq-len", help="Longest sequence to validate, calibrate and time at; TensorRT profiles take MIN,OPT,MAX.")] = "128",
     batch: Annotated[str, typer.Option("--batch", help="TensorRT profile batch sizes MIN,OPT,MAX (or one size).")] = "1,1,32",
-    calibration: Annotated[Optional[Path], typer.Option(help="Calibration text, one text per line (default: CPython's pydoc topics).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration text: one text per line, or a CSV/TSV/JSON-lines file with a text column (default: the built-in corpus of four domains); a fifth of a file of 50+ texts is held out for parity.")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Calibration texts to use.")] = 512,
+    text_column: Annotated[str, typer.Option("--text-column", help="The column of texts where --calibration, --parity-text or --eval-data is a CSV, TSV or JSON-lines file.")] = "text",
     calibration_method: Annotated[str, typer.Option("--calibration-method", help="INT8 activation ranges: minmax, percentile or entropy.")] = "minmax",
     min_cosine: Annotated[float, typer.Option("--min-cosine", help="INT8 accuracy budget: mean cosine against fp32 to keep (held-out text).")] = 0.99,
     min_cosine_floor: Annotated[float, typer.Option("--min-cosine-floor", help="INT8 budget: the worst text's cosine to keep.")] = 0.97,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="INT8 budget: top-1 neighbour (or label) agreement to keep.")] = 0.95,
     smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1]; 0 turns migration off.")] = 0.5,
     keep_fp32: Annotated[str, typer.Option("--keep-fp32", help="Comma-separated layers to keep fp32, as labelled by `inspect` (L0.ffn_out).")] = "",
+    qat: Annotated[int, typer.Option("--qat", help="int8 targets: quantization-aware distillation steps against the fp32 model before export (every linear layer trained for int8; about 1 s a step on 2 cores).")] = 0,
     half: Annotated[str, typer.Option("--half", help="fp16 targets: float16, or bfloat16 where the runtime has bf16 kernels.")] = "float16",
     prune: Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of the encoder parameters: the weights and biases of Q, K, V, attention output and both FFN linears of every layer (embeddings, LayerNorms, pooler and head not counted), as whole attention heads and FFN neurons.")] = None,
     prune_what: Annotated[str, typer.Option("--prune-what", help="What --prune may remove: both, heads or ffn.")] = "both",
+    drop_layers: Annotated[int, typer.Option("--drop-layers", help="Remove this many whole encoder layers first, the ones the model misses least on calibration text (then --prune cuts the rest).")] = 0,
     recover: Annotated[int, typer.Option("--recover", help="Distillation steps against the unpruned model after pruning (0: none).")] = 0,
     prune_min_cosine: Annotated[float, typer.Option("--prune-min-cosine", help="With --prune: mean cosine against the unpruned model to keep.")] = 0.95,
-    parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out part of the built-in corpus).")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Classifiers: labelled rows (CSV, TSV, JSON lines) the artifact is judged on against its source model; rows that are also calibration text are left out.")] = None,
+    label_column: Annotated[str, typer.Option("--label-column", help="The column of labels in --eval-data.")] = "label",
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="With --eval-data: accuracy points the artifact may lose; more is exit 6, no bundle.")] = 1.0,
+    prune_min_agreement: Annotated[Optional[float], typer.Option("--prune-min-agreement", help="With --prune: top-1 neighbour or label agreement with the unpruned model to keep on parity text (default 0.80 neighbours, 0.90 labels).")] = None,
+    parity_text: Annotated[Optional[Path], typer.Option("--parity-text", help="Held-out text for parity, one per line (default: the held-out fifth of --calibration, or of the built-in corpus).")] = None,
     parity_size: Annotated[int, typer.Option("--parity-size", help="Held-out texts to compare on.")] = 256,
+    unseen_size: Annotated[int, typer.Option("--unseen-size", help="Texts of a domain no calibration source holds (movie reviews) to compare on too; 0: none.")] = 600,
     threads: Annotated[int, typer.Option(help="Threads for the speed line (ONNX Runtime and PyTorch alike).")] = 2,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time the artifact side by side with PyTorch.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
@@ -110,6 +120,7 @@ def export(
     from optimize.config import (
         CalibrationConfig,
         EngineConfig,
+        EvaluationConfig,
         ExportConfig,
         ExportJob,
         HalfConfig,
@@ -137,18 +148,32 @@ def export(
             raise InputError(f"{flag} must be in (0, 1], got {value}", f"pass e.g. {flag} 0.99")
     if not 0.0 <= smooth_alpha <= 1.0:
         raise InputError(f"--smooth-alpha must be in [0, 1], got {smooth_alpha}", "pass e.g. --smooth-alpha 0.5, or 0 to turn migration off")
+    if max_accuracy_drop < 0:
+        raise InputError(f"--max-accuracy-drop is in accuracy points and cannot be negative, got {max_accuracy_drop}", "pass e.g. --max-accuracy-drop 1.0")
+    if eval_data is not None:  # read up front: a bad file is refused before minutes of work
+        from optimize.textdata import read_rows
+
+        read_rows(eval_data, text_column=text_column, label_column=label_column, flag="--eval-data")
+    if qat < 0:
+        raise InputError(f"--qat takes a number of training steps, got {qat}", "pass e.g. --qat 600")
+    if unseen_size < 0:
+        raise InputError(f"--unseen-size must be 0 or more, got {unseen_size}", "pass e.g. --unseen-size 600, or 0 to skip that text")
     if calibration_size < 1:
         raise InputError(f"--calibration-size must be at least 1, got {calibration_size}", "pass e.g. --calibration-size 512")
     if calibration is not None:  # validated up front even where the target does not calibrate
         from optimize.calibration.corpus import calibration_texts
 
-        calibration_texts(calibration, 1)
+        calibration_texts(calibration, 1, text_column)
     if prune is not None and not 0.0 < prune < 1.0:
         raise InputError(f"--prune takes a fraction between 0 and 1 (exclusive), got {prune}", "pass e.g. --prune 0.3")
     if prune_what not in ("both", "heads", "ffn"):
         raise InputError(f"--prune-what must be both, heads or ffn, got {prune_what!r}", "pass --prune-what both")
-    if recover < 0 or (recover and prune is None):
-        raise InputError(f"--recover {recover} needs --prune and a non-negative step count", "pass e.g. --prune 0.3 --recover 300")
+    if drop_layers < 0:
+        raise InputError(f"--drop-layers takes a number of layers, got {drop_layers}", "pass e.g. --drop-layers 2")
+    if recover < 0 or (recover and prune is None and not drop_layers):
+        raise InputError(f"--recover {recover} needs --prune or --drop-layers and a non-negative step count", "pass e.g. --prune 0.3 --recover 300")
+    if prune_min_agreement is not None and not 0.0 <= prune_min_agreement <= 1.0:
+        raise InputError(f"--prune-min-agreement must be in [0, 1], got {prune_min_agreement}", "pass e.g. --prune-min-agreement 0.8")
     if not 0.0 < prune_min_cosine <= 1.0:
         raise InputError(f"--prune-min-cosine must be in (0, 1], got {prune_min_cosine}", "pass e.g. --prune-min-cosine 0.95")
     job = ExportJob(
@@ -157,8 +182,8 @@ def export(
         output=output,
         force=force,
         export=ExportConfig(task=task or "", opset=opset, seq_len=seq_len_max),
-        calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len_max),
-        parity=ParityConfig(path=parity_text, size=parity_size, seq_len=seq_len_max),
+        calibration=CalibrationConfig(path=calibration, size=calibration_size, seq_len=seq_len_max, text_column=text_column),
+        parity=ParityConfig(path=parity_text, size=parity_size, unseen_size=unseen_size, seq_len=seq_len_max),
         speed=SpeedCheckConfig(enabled=speed, threads=threads, seq_len=min(128, seq_len_max)),
         engine=EngineConfig(batch=batches, sequence=sequence),
         quant=QuantConfig(
@@ -168,9 +193,14 @@ def export(
             min_agreement=min_agreement,
             smooth_alpha=smooth_alpha or None,
             keep_fp32=tuple(x.strip() for x in keep_fp32.split(",") if x.strip()),
+            qat_steps=qat,
         ),
         half=HalfConfig(dtype=half),
-        prune=PruneConfig(fraction=prune or 0.0, what=prune_what, recover_steps=recover, min_cosine=prune_min_cosine),
+        evaluation=EvaluationConfig(path=eval_data, text_column=text_column, label_column=label_column, max_accuracy_drop=max_accuracy_drop),
+        prune=PruneConfig(
+            fraction=prune or 0.0, what=prune_what, drop_layers=drop_layers, recover_steps=recover, min_cosine=prune_min_cosine,
+            **({"min_agreement": prune_min_agreement, "min_label_agreement": prune_min_agreement} if prune_min_agreement is not None else {}),
+        ),
         seed=seed,
     )
     with _progress() as progress:
@@ -183,7 +213,18 @@ def export(
     probes = " ".join(f"({p['batch']},{p['sequence']})" for p in manifest["export"]["dynamic_probes"])
     out.print(f"export: {manifest['export']['strategy']}, opset {manifest['export']['opset']}, dynamic axes proven at {probes}")
     out.print(f"passes: {passes}")
+    from optimize.passes.fusion import fusion_line
+
+    for record in manifest["passes"]["passes"]:
+        if record["name"] == "ort-fusion":
+            out.print(f"fusions: {fusion_line(record.get('stats', {}))}", markup=False)
     out.print(f"parity: {outcome.parity.summary()}: within {outcome.target} tolerance")
+    if outcome.unseen:
+        out.print(f"parity: {outcome.unseen.summary()}: within {outcome.target} tolerance")
+    if not manifest["source"].get("tested_architecture", True):
+        from optimize.api import generic_path_line
+
+        out.print(f"architecture: {generic_path_line(manifest['source']['model_type'])}", markup=False)
     if outcome.speed:
         out.print(f"speed: {outcome.speed.summary()}")
     sizes = ", ".join(f"{name} {_mb(entry['bytes'])}" for name, entry in files.items() if name.startswith("model"))
@@ -216,25 +257,40 @@ def _shape_range(text: str, flag: str, lowest_default: int | None):  # -> ShapeR
 @app.command()
 def build(
     bundle: Annotated[Path, typer.Argument(help="A trt-fp16 or trt-int8 bundle folder.")],
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX (default: as exported).")] = None,
-    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX (default: as exported).")] = None,
-    workspace: Annotated[int, typer.Option(help="Builder workspace in MiB.")] = 4096,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Profile batch MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Profile sequence MIN,OPT,MAX or N (default: as the manifest records).")] = None,
+    workspace: Annotated[Optional[int], typer.Option(help="Builder workspace in MiB (default: as the manifest records, 4096 at export).")] = None,
 ) -> None:
     """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
     from optimize.api import build_bundle
-    from optimize.config import EngineConfig
 
-    engine = None
-    if batch or seq_len:
-        engine = EngineConfig(
-            batch=_shape_range(batch or "1,1,32", "--batch", lowest_default=None),
-            sequence=_shape_range(seq_len or "128", "--seq-len", lowest_default=1),
-            workspace_mib=workspace,
-        )
+    overrides = build_overrides(batch, seq_len, workspace)
     with _progress() as progress:
-        manifest = build_bundle(bundle, engine, RichReporter(progress))
+        manifest = build_bundle(bundle, overrides, RichReporter(progress))
     info = manifest["tensorrt"]["engine"]
-    out.print(f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s); ONNX Runtime vs TensorRT within atol/rtol {info['ort_comparison']['atol']}")
+    low, _, high = next(iter(info["profile"].values()))
+    out.print(
+        f"engine: {bundle}/engine.plan ({info['engine_bytes'] / 1e6:.1f} MB, TensorRT {info['tensorrt']}, {info['build_seconds']:.0f} s; "
+        f"profile batch {low[0]}-{high[0]}, sequence {low[1]}-{high[1]})",
+        markup=False,
+    )
+    parity = info["ort_comparison"]["parity"]
+    out.print(
+        f"engine vs ONNX Runtime: cosine mean {parity['cosine_mean']:.6f} min {parity['cosine_min']:.6f} over "
+        f"{parity['samples']} held-out texts, within {manifest['target']} tolerance",
+        markup=False,
+    )
+
+
+def build_overrides(batch: str | None, seq_len: str | None, workspace: int | None):  # -> EngineOverrides
+    """`optimize build`'s flags, each independent of the others; None keeps the manifest's value."""
+    from optimize.config import EngineOverrides
+
+    return EngineOverrides(
+        batch=_shape_range(batch, "--batch", lowest_default=None) if batch else None,
+        sequence=_shape_range(seq_len, "--seq-len", lowest_default=1) if seq_len else None,
+        workspace_mib=workspace,
+    )
 
 
 @app.command()
@@ -260,6 +316,59 @@ def inspect(
 
     for line in describe(path):
         out.print(line, markup=False)
+
+
+@app.command(name="eval")
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="A text-classification bundle (ort-* target).")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled rows: CSV, TSV or JSON lines.")],
+    text_column: Annotated[str, typer.Option("--text-column", help="Column of texts.")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column", help="Column of labels (names or ids of the model's labels).")] = "label",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here, and the confusion matrices as a PNG beside it.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch.")] = 32,
+) -> None:
+    """The bundle and the PyTorch model it came from on labelled rows: both classification reports, agreement, the accuracy lost."""
+    from optimize.evaluation import confusion_png, evaluate as run_eval
+    from optimize.textdata import read_rows
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}", "pass e.g. --batch-size 32")
+    rows = read_rows(data, text_column=text_column, label_column=label_column, flag="--data")
+    with _progress() as progress:
+        RichReporter(progress).phase(f"running the artifact and its source model on {len(rows.texts)} rows")
+        report = run_eval(bundle, rows, batch_size=batch_size)
+    _print_eval(report)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        png = json_out.with_suffix(".png")
+        confusion_png(report, png)
+        out.print(f"report: {json_out}, confusion matrices: {png}")
+
+
+def _print_eval(report) -> None:  # noqa: ANN001
+    table = Table(show_edge=False, header_style="bold", title=f"{report.rows} rows")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right" if column != "label" else "left")
+    pair = lambda a, b: f"{a:.4f} / {b:.4f}"  # noqa: E731
+    for name in report.labels:
+        s, a = report.source.classes[name], report.artifact.classes[name]
+        table.add_row(name, pair(s.precision, a.precision), pair(s.recall, a.recall), pair(s.f1, a.f1), str(s.support))
+    table.add_row("accuracy", "", "", pair(report.source.accuracy, report.artifact.accuracy), str(report.rows))
+    table.add_row("macro avg", "", "", pair(report.source.macro_f1, report.artifact.macro_f1), str(report.rows))
+    table.add_row("weighted avg", "", "", pair(report.source.weighted_f1, report.artifact.weighted_f1), str(report.rows))
+    out.print("classification report, source PyTorch model / artifact:")
+    out.print(table)
+    for title, model in (("source", report.source), ("artifact", report.artifact)):
+        matrix = "; ".join(f"{name}: {row}" for name, row in zip(report.labels, model.confusion))
+        out.print(f"confusion ({title}, rows true, columns predicted): {matrix}", markup=False)
+    low, high = report.drop_interval
+    out.print(
+        f"agreement {report.agreement:.4f}; accuracy {report.source.accuracy:.4f} -> {report.artifact.accuracy:.4f}: "
+        f"{report.accuracy_drop:+.2f} points lost (95% bootstrap interval {low:+.2f} to {high:+.2f})"
+    )
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:

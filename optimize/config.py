@@ -10,7 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ("feature-extraction", "text-classification")
+from optimize.tasks import TASKS as _TASKS
+
+TASKS = tuple(_TASKS)  # the task names; each task's outputs and parity measure are in optimize/tasks.py
 
 #: opsets the exporter and ONNX Runtime 1.20+ both handle well.
 SUPPORTED_OPSETS = range(17, 22)
@@ -61,8 +63,10 @@ class Tolerances:
 class CalibrationConfig:
     """Where calibration text comes from and how much of it is used."""
 
-    path: Path | None = None  # None: CPython's pydoc_data/topics.py
+    path: Path | None = None  # None: the built-in corpus of four domains (calibration/corpus.py)
     size: int = 512  # sentences
+    #: the column of texts where ``path`` (or --parity-text, --eval-data) is a CSV, TSV or JSON-lines file
+    text_column: str = "text"
     batch_size: int = 16
     seq_len: int = 128
 
@@ -71,11 +75,29 @@ class CalibrationConfig:
 class ParityConfig:
     """The held-out text used to compare artifact and reference."""
 
-    path: Path | None = None  # None: the held-out part of pydoc topics, never used for calibration
+    #: None: the held-out fifth of the --calibration file, or of the built-in calibration domains
+    path: Path | None = None
     #: neighbour agreement is a coarse statistic: a few hundred texts keep one flip from deciding it.
     size: int = 256
+    #: texts of the domain no calibration source holds (movie reviews, 600 shipped); 0: not measured
+    unseen_size: int = 600
     batch_size: int = 16
     seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The accuracy gate on export (``--eval-data``): labelled rows the artifact must not lose
+    more than ``max_accuracy_drop`` points on, against its source model."""
+
+    path: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_accuracy_drop: float = 1.0  # accuracy points (percent)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
 
 
 @dataclass(frozen=True)
@@ -108,6 +130,8 @@ class QuantConfig:
     smooth_alpha: float | None = 0.5
     #: a layer listed here by label (L0.ffn_out) or node name stays fp32.
     keep_fp32: tuple[str, ...] = ()
+    #: quantization-aware distillation steps before export (0: post-training int8 only)
+    qat_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,18 +168,35 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class EngineOverrides:
+    """``optimize build``'s flags: each one given replaces only its own part of the recorded
+    engine settings (None: keep what the bundle's manifest records)."""
+
+    batch: ShapeRange | None = None
+    sequence: ShapeRange | None = None
+    workspace_mib: int | None = None
+
+    def applied_to(self, recorded: EngineConfig) -> EngineConfig:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return dataclasses.replace(recorded, **changes)
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning before export (``--prune``); fraction 0 means none."""
 
     fraction: float = 0.0
     #: "both" (heads and FFN neurons ranked together), "heads" or "ffn"
     what: str = "both"
+    #: whole encoder layers removed first, the ones the model misses least (``--drop-layers``)
+    drop_layers: int = 0
     reconstruct: bool = True
     recover_steps: int = 0
     #: parity is always against the unpruned PyTorch model; pruning itself changes what the model
     #: computes, so each tolerance is the looser of the target's and these
     min_cosine: float = 0.95
-    min_agreement: float = 0.80
+    min_agreement: float = 0.80  # top-1 neighbour agreement (features)
+    min_label_agreement: float = 0.90  # label agreement (classifiers; --eval-data judges the task itself)
 
     @property
     def min_cosine_floor(self) -> float:
@@ -170,7 +211,7 @@ class PruneConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.fraction > 0.0
+        return self.fraction > 0.0 or self.drop_layers > 0
 
 
 @dataclass(frozen=True)
@@ -190,6 +231,7 @@ class ExportJob:
     half: HalfConfig = field(default_factory=HalfConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
 
 

@@ -14,6 +14,7 @@ from optimize.config import ExportJob, SessionConfig, Tolerances
 from optimize.errors import InputError
 from optimize.exporter.resolve import LoadedModel
 from optimize.passes.base import OptimizePass
+from optimize.quantization.qat import Int8Scheme
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class PassContext:
 
     loaded: LoadedModel
     job: ExportJob
+    #: the int8 plan --qat trained under, with its learned ranges, keyed by each layer's weights (qat.weight_key)
+    qat_schemes: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Target:
     session: SessionConfig = field(default_factory=SessionConfig)
     #: checks the job before any model is loaded (cheap refusals first).
     preflight: Callable[[ExportJob], None] | None = None
+    #: int8 targets: the arithmetic their int8 pass emits (what --qat trains under)
+    int8: Int8Scheme | None = None
 
     def availability(self) -> str | None:
         """None if this machine can produce the whole target, else a one-line reason."""
@@ -48,21 +53,23 @@ class Target:
 
 
 def expected_fusions(loaded: LoadedModel) -> dict[str, int]:
-    """Fusions the ORT pass should achieve: one Attention per layer on every supported
-    architecture (tests/integration prove it), one BiasGelu per layer where the FFN uses erf GELU."""
-    config = loaded.module.config
-    activation = getattr(config, "hidden_act", getattr(config, "activation", ""))
-    expected = {"attention": loaded.num_layers}
-    if activation == "gelu":
-        expected["bias_gelu"] = loaded.num_layers
-    return expected
+    """Fusions the ORT pass must reach: what the model's architecture description promises per
+    layer (optimize/architectures.py; tests/integration prove each); none on the generic path."""
+    return loaded.family.expected_fusions(loaded.module.config, loaded.num_layers)
+
+
+def _fusion_pass(ctx: PassContext) -> OptimizePass:
+    from optimize.passes.fusion import OrtFusionPass
+
+    family = ctx.loaded.family
+    return OrtFusionPass(expected=expected_fusions(ctx.loaded), rules=family.rules, known_unfused=family.unfused)
 
 
 def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
-    from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.residual_bias import ResidualBiasFoldPass
+    from optimize.passes.unpad import UnpadPass
 
     # The mask-index pass drops the exporter's ~20-node attention-bias subgraph: bit-identical
     # outputs, about 0.3 ms (1%) of the 24 ms at batch 1, sequence 128 by profile. The
@@ -70,10 +77,11 @@ def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
     # for fp32 only: in the int8 and fp16 graphs it would shift calibrated ranges, unmeasured.
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
         ResidualBiasFoldPass(),
+        UnpadPass(),  # after the fold, which looks for LayerNorm -> Attention on the padded layout
     ]
 
 
@@ -82,19 +90,23 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.embedding_int8 import EmbeddingInt8Pass
-    from optimize.passes.fusion import OrtFusionPass
     from optimize.passes.int8 import Int8Pass
+    from optimize.passes.unpad import UnpadPass
     from optimize.passes.weight_storage_int8 import WeightStorageInt8Pass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
-        Int8Pass(ctx.job.quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="ort", session=_ORT_CPU_SESSION),
+        Int8Pass(
+            ctx.job.quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="ort", session=_ORT_CPU_SESSION,
+            fixed=ctx.qat_schemes,
+        ),
         EmbeddingInt8Pass(),
         CleanupPass(),
+        UnpadPass(),
         WeightStorageInt8Pass(),  # last: cleanup's folding would turn it back into fp32
     ]
 
@@ -104,12 +116,12 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
     from optimize.passes.attention_mask import AttentionMaskIndexPass
     from optimize.passes.cleanup import CleanupPass
     from optimize.passes.fp16 import Fp16Pass
-    from optimize.passes.fusion import OrtFusionPass
+    from optimize.passes.unpad import UnpadPass
 
     source = CalibrationSource(ctx.loaded.tokenizer, ctx.loaded.input_names, ctx.job.calibration)
     return [
         CleanupPass(),
-        OrtFusionPass(expected=expected_fusions(ctx.loaded)),
+        _fusion_pass(ctx),
         CleanupPass(),
         AttentionMaskIndexPass(),
         Fp16Pass(
@@ -119,6 +131,7 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
             session=_ORT_CPU_SESSION,
         ),
         CleanupPass(),
+        UnpadPass(),
     ]
 
 
@@ -174,21 +187,27 @@ def _trt_int8_passes(ctx: PassContext) -> list[OptimizePass]:
     return [
         CleanupPass(),
         MaskFillPass(),
-        Int8Pass(quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="qdq", sites=True),
+        Int8Pass(quant, source, task=ctx.loaded.task, output=ctx.loaded.output_name, style="qdq", sites=True, fixed=ctx.qat_schemes),
         CleanupPass(),
         TrtReadinessPass(),
     ]
 
 
+def _classifier(task: str) -> bool:
+    from optimize.tasks import get_task
+
+    return get_task(task).classifier
+
+
 def _fp16_tolerances(task: str, job: ExportJob) -> Tolerances:
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(cosine_mean=0.9999, cosine_min=0.999, label_agreement=0.99)
     return Tolerances(cosine_mean=0.9999, cosine_min=0.9995, neighbour_agreement=0.99)
 
 
 def _int8_tolerances(task: str, job: ExportJob) -> Tolerances:
     """The budget the user set (--min-cosine), checked on held-out text."""
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(
             cosine_mean=job.quant.min_cosine, cosine_min=job.quant.min_cosine_floor, label_agreement=job.quant.min_agreement
         )
@@ -198,7 +217,7 @@ def _int8_tolerances(task: str, job: ExportJob) -> Tolerances:
 
 
 def _fp32_tolerances(task: str, job: ExportJob) -> Tolerances:
-    if task == "text-classification":
+    if _classifier(task):
         return Tolerances(cosine_mean=0.99999, cosine_min=0.9999, label_agreement=1.0, max_abs_error=1e-3)
     return Tolerances(cosine_mean=0.99999, cosine_min=0.99999, neighbour_agreement=0.99)
 
@@ -225,6 +244,7 @@ TARGETS: dict[str, Target] = {
             passes=_ort_int8_passes,
             tolerances=_int8_tolerances,
             session=_ORT_CPU_SESSION,
+            int8=Int8Scheme(symmetric_activations=False, int8_embeddings=True),
         ),
         Target(
             name="ort-fp16",
@@ -252,6 +272,7 @@ TARGETS: dict[str, Target] = {
             precision="int8",
             passes=_trt_int8_passes,
             tolerances=_int8_tolerances,
+            int8=Int8Scheme(symmetric_activations=True, int8_embeddings=False),
         ),
     )
 }

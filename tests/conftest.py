@@ -19,14 +19,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
-    """A function kind -> folder of a tiny random model of that architecture, built once."""
-    cache: dict[tuple[str, bool], Path] = {}
+    """A function (kind, classification, head) -> folder of a tiny random model, built once."""
+    cache: dict[tuple[str, str | None], Path] = {}
     root = tmp_path_factory.mktemp("tiny-models")
 
-    def get(kind: str, classification: bool = False) -> Path:
-        key = (kind, classification)
+    def get(kind: str, classification: bool = False, head: str | None = None) -> Path:
+        head = "sequence" if classification else head
+        key = (kind, head)
         if key not in cache:
-            cache[key] = tiny_models.build(kind, root / f"{kind}{'-cls' if classification else ''}", classification=classification)
+            suffix = {None: "", "sequence": "-cls"}.get(head, f"-{head}")
+            cache[key] = tiny_models.build(kind, root / f"{kind}{suffix}", head=head)
         return cache[key]
 
     return get

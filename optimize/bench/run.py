@@ -14,8 +14,8 @@ from optimize.bench.engines import Engine, baseline_engine, bundle_engine, sourc
 from optimize.bench.harness import Schedule, alternate
 from optimize.bench.hardware import fingerprint
 from optimize.bench.workload import cycling, fixed_shape, real_length
-from optimize.bundle import read_bundle
-from optimize.config import BenchConfig
+from optimize.bundle import Bundle, read_bundle
+from optimize.config import BenchConfig, EngineConfig
 from optimize.errors import InputError
 
 SCHEMA = "optimize-bench/1"
@@ -163,22 +163,69 @@ def run_bench(
         raise InputError("--batch and --seq values must be positive", "pass e.g. --batch 1,8 --seq 128")
     threads = _threads(cfg)
     notes: list[str] = []
+    profiles = engine_profiles([read_bundle(p) for p in bundle_paths])
+    cells = plan_cells(cfg.batches, cfg.seq_lens, profiles, notes)
     engines, memory, tokenizer = build_engines(bundle_paths, cfg, threads, notes)
     result = BenchResult(fingerprint(), {**asdict(cfg), "threads": threads, "bundles": [str(p) for p in bundle_paths]}, [], notes)
     schedule = Schedule(rounds=cfg.rounds, block_runs=cfg.block_runs, dropped_per_block=cfg.dropped_per_block)
     names = tuple(dict.fromkeys(n for e in engines for n in e.input_names))
     max_positions = int(getattr(tokenizer, "model_max_length", 512) or 512)
-    for batch in cfg.batches:
-        for seq_len in cfg.seq_lens:
-            if seq_len > max_positions:
-                raise InputError(f"--seq {seq_len} is longer than the model allows ({max_positions})", f"pass --seq {max_positions} or less")
-            if cfg.real_length:
-                workload = real_length(tokenizer, names, batch, seq_len, cfg.real_length_texts)
-                mode = "real-length"
-            else:
-                workload = [fixed_shape(tokenizer, names, batch, seq_len)]
-                mode = "fixed"
-            result.cells.extend(measure_cell(engines, workload, batch, seq_len, mode, schedule, memory, on_round))
-            if on_cell:
-                on_cell(result)
+    for batch, seq_len in cells:
+        if seq_len > max_positions:
+            raise InputError(f"--seq {seq_len} is longer than the model allows ({max_positions})", f"pass --seq {max_positions} or less")
+        if cfg.real_length:
+            workload = real_length(tokenizer, names, batch, seq_len, cfg.real_length_texts)
+            mode = "real-length"
+            refused = workload_outside(workload, profiles)
+            if refused:
+                notes.append(f"skipped batch {batch}, sequence {seq_len} (real length): {refused}")
+                continue
+        else:
+            workload = [fixed_shape(tokenizer, names, batch, seq_len)]
+            mode = "fixed"
+        result.cells.extend(measure_cell(engines, workload, batch, seq_len, mode, schedule, memory, on_round))
+        if on_cell:
+            on_cell(result)
     return result
+
+
+def engine_profiles(bundles: list[Bundle]) -> dict[str, EngineConfig]:
+    """The optimization profile of every TensorRT bundle, by bundle folder: the shapes its engine takes."""
+    from optimize.runtimes.trt_profile import recorded_engine
+
+    return {str(b.path): recorded_engine(b.manifest) for b in bundles if b.manifest.get("runtime") == "tensorrt"}
+
+
+def plan_cells(batches: tuple[int, ...], seq_lens: tuple[int, ...], profiles: dict[str, EngineConfig], notes: list[str]) -> list[tuple[int, int]]:
+    """The (batch, sequence) cells every engine can run; each one a TensorRT engine cannot is skipped
+    with one note (set_input_shape would fail mid-run), and none left is a refusal before any work."""
+    from optimize.runtimes.trt_profile import describe, outside
+
+    kept = []
+    for batch in batches:
+        for seq_len in seq_lens:
+            refused = [f"{name}: {why}" for name, profile in profiles.items() if (why := outside(profile, batch, seq_len))]
+            if refused:
+                notes.append(f"skipped batch {batch}, sequence {seq_len}: {'; '.join(refused)}")
+            else:
+                kept.append((batch, seq_len))
+    if not kept:
+        ranges = "; ".join(f"{name}: {describe(profile)}" for name, profile in profiles.items())
+        raise InputError(
+            f"every --batch/--seq cell is outside a TensorRT engine's optimization profile ({ranges})",
+            "pass sizes within it, or rebuild the engine with `optimize build BUNDLE --batch MIN,OPT,MAX --seq-len MIN,OPT,MAX`",
+        )
+    return kept
+
+
+def workload_outside(workload: list, profiles: dict[str, EngineConfig]) -> str | None:
+    """Why some batch of a real-length workload does not fit a TensorRT profile (None: all fit)."""
+    from optimize.runtimes.trt_profile import outside
+
+    for feeds in workload:
+        rows, seq_len = next(iter(feeds.values())).shape[:2]
+        for name, profile in profiles.items():
+            why = outside(profile, int(rows), int(seq_len))
+            if why:
+                return f"{name}: a batch of {why}"
+    return None

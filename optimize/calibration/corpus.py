@@ -1,16 +1,29 @@
-"""Real text, streamed: the built-in corpus (CPython's pydoc topics) and user text files.
+"""Real text, streamed: the built-in corpus of several domains, and user text files.
 
-The built-in corpus is split once, deterministically, into a calibration part and a held-out
-part; parity is measured on the held-out part only, so an artifact is never judged on the
-text it was calibrated on.
+The built-in corpus has four calibration domains, sampled in balance (round-robin), and one
+domain kept apart:
+
+- docs: CPython's own ``pydoc_data/topics.py`` (found in every Python, nothing shipped);
+- literature, speeches, email: shipped in ``calibration/data/`` (Moby-Dick, U.S. State of the
+  Union addresses, the SpamAssassin public corpus's non-spam mail; see data/README.md);
+- reviews (kept apart): movie-review snippets that calibration, the int8 search and the pruning
+  fit never read. Parity is measured on them as text of a domain the artifact never saw.
+
+Each calibration domain is split once, deterministically by a hash of each paragraph, into a
+calibration part and a held-out part; parity is measured on the held-out parts, so an artifact
+is never judged on the text it was calibrated on. A user's ``--calibration FILE`` is split the
+same way when it is large enough to spare a fifth of it.
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from itertools import islice
 from pathlib import Path
 
@@ -18,6 +31,9 @@ from optimize.errors import InputError
 
 #: one paragraph in this many goes to the held-out (parity) part.
 HELD_OUT_EVERY = 5
+#: a user's calibration file is split into calibration and held-out lines from this many texts on;
+#: a smaller one is all calibration and parity falls back to the built-in held-out text
+USER_SPLIT_MIN_TEXTS = 50
 
 _HEADING = re.compile(r"[*=\-~^ ]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -31,8 +47,7 @@ def _is_prose(text: str) -> bool:
     return prose >= 0.85
 
 
-@lru_cache(maxsize=1)
-def pydoc_paragraphs() -> tuple[str, ...]:
+def _pydoc_paragraphs() -> tuple[str, ...]:
     """Paragraphs of CPython's ``pydoc_data/topics.py`` (about 1,500, 65k words), in a fixed order."""
     try:
         from pydoc_data import topics
@@ -50,19 +65,53 @@ def pydoc_paragraphs() -> tuple[str, ...]:
     return tuple(paragraphs)
 
 
+def _shipped(name: str) -> tuple[str, ...]:
+    """One text per line of ``calibration/data/NAME.txt.gz``."""
+    data = resources.files("optimize.calibration").joinpath("data", f"{name}.txt.gz").read_bytes()
+    return tuple(line for line in gzip.decompress(data).decode("utf-8").splitlines() if line)
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    description: str
+    source: str
+
+    def paragraphs(self) -> tuple[str, ...]:
+        return _domain_paragraphs(self.name)
+
+
+CALIBRATION_DOMAINS = (
+    Domain("docs", "software documentation", "CPython's pydoc_data/topics.py"),
+    Domain("literature", "a 19th-century novel", "Herman Melville, Moby-Dick"),
+    Domain("speeches", "political speeches", "U.S. State of the Union addresses, 1790-2018"),
+    Domain("email", "informal e-mail", "SpamAssassin public corpus, non-spam mail bodies"),
+)
+UNSEEN_DOMAIN = Domain("reviews", "movie reviews", "Rotten Tomatoes review snippets (Pang and Lee)")
+
+
+@lru_cache(maxsize=None)
+def _domain_paragraphs(name: str) -> tuple[str, ...]:
+    return _pydoc_paragraphs() if name == "docs" else _shipped(name)
+
+
 def _held_out(text: str) -> bool:
     return zlib.crc32(text.encode("utf-8")) % HELD_OUT_EVERY == 0
 
 
-def calibration_paragraphs() -> tuple[str, ...]:
-    return tuple(p for p in pydoc_paragraphs() if not _held_out(p))
+def pydoc_paragraphs() -> tuple[str, ...]:
+    return _domain_paragraphs("docs")
 
 
-def held_out_paragraphs() -> tuple[str, ...]:
-    return tuple(p for p in pydoc_paragraphs() if _held_out(p))
+def calibration_paragraphs(domain: Domain = CALIBRATION_DOMAINS[0]) -> tuple[str, ...]:
+    return tuple(p for p in domain.paragraphs() if not _held_out(p))
 
 
-def sentences(paragraphs: tuple[str, ...]) -> tuple[str, ...]:
+def held_out_paragraphs(domain: Domain = CALIBRATION_DOMAINS[0]) -> tuple[str, ...]:
+    return tuple(p for p in domain.paragraphs() if _held_out(p))
+
+
+def sentences(paragraphs: Iterable[str]) -> tuple[str, ...]:
     """Paragraphs split into sentences of four words or more: more, shorter texts."""
     return tuple(s for p in paragraphs for s in _SENTENCE_END.split(p) if len(s.split()) >= 4)
 
@@ -80,27 +129,46 @@ def mixed_lengths(paragraphs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(mixed)
 
 
-def read_text_lines(path: Path) -> Iterator[str]:
-    """Stream non-empty lines of a UTF-8 text file; problems become one-line InputErrors."""
-    if not path.exists():
-        raise InputError(f"text file {path} does not exist", "check the path given to --calibration")
-    if path.is_dir():
-        raise InputError(f"text file {path} is a folder", "pass a UTF-8 text file with one text per line")
-    try:
-        with open(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(
-                        f"text file {path} is not valid UTF-8 (line {line_number}, byte {exc.start})",
-                        "convert it with `iconv -f LATIN1 -t UTF-8` or pass another file",
-                    ) from exc
-                text = " ".join(line.split())
-                if text:
-                    yield text
-    except OSError as exc:
-        raise InputError(f"cannot read text file {path}: {exc.strerror}", "check its permissions") from exc
+def interleave(*sources: Iterable[str]) -> tuple[str, ...]:
+    """Round-robin over the sources (each domain in turn), exact duplicates dropped: any prefix
+    of the result is balanced between the domains."""
+    iterators = [iter(s) for s in sources]
+    out: dict[str, None] = {}
+    while iterators:
+        for iterator in list(iterators):
+            try:
+                out.setdefault(next(iterator))
+            except StopIteration:
+                iterators.remove(iterator)
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def builtin_calibration_texts() -> tuple[str, ...]:
+    """The calibration parts of every calibration domain, in balance (about 12,000 texts)."""
+    return interleave(*(mixed_lengths(calibration_paragraphs(d)) for d in CALIBRATION_DOMAINS))
+
+
+@lru_cache(maxsize=1)
+def held_out_texts() -> tuple[str, ...]:
+    """Held-out texts of every calibration domain, in balance, minus any that also occur in a
+    calibration part (a sentence repeated in two paragraphs would otherwise be in both)."""
+    calibration = set(builtin_calibration_texts())
+    held = interleave(*(mixed_lengths(held_out_paragraphs(d)) for d in CALIBRATION_DOMAINS))
+    return tuple(t for t in held if t not in calibration)
+
+
+def unseen_domain_texts() -> tuple[str, ...]:
+    """The domain no calibration, search or fit ever reads (several hundred texts)."""
+    return UNSEEN_DOMAIN.paragraphs()
+
+
+def read_text_lines(path: Path, text_column: str = "text") -> Iterator[str]:
+    """The texts of a user file (plain lines, or a CSV/TSV/JSON-lines text column), streamed where
+    it can be; problems become one-line InputErrors."""
+    from optimize.textdata import read_texts
+
+    return read_texts(path, text_column=text_column)
 
 
 def take_texts(source: Iterator[str] | tuple[str, ...], count: int, what: str, path: Path | None = None) -> list[str]:
@@ -114,17 +182,64 @@ def take_texts(source: Iterator[str] | tuple[str, ...], count: int, what: str, p
     return texts
 
 
-def calibration_texts(path: Path | None, count: int) -> list[str]:
-    source = read_text_lines(path) if path else iter(mixed_lengths(calibration_paragraphs()))
+#: a user file is read up to this many texts (recovery draws on at most 50,000)
+USER_TEXTS_MAX = 200_000
+#: the most calibration texts anything reads (pruning recovery, quantization-aware distillation)
+RECOVERY_TEXTS_MAX = 50_000
+
+
+@lru_cache(maxsize=4)
+def _user_split(path: Path, text_column: str = "text") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(calibration part, held-out part) of a user's text file, split as the built-in domains are."""
+    texts = tuple(dict.fromkeys(islice(read_text_lines(path, text_column), USER_TEXTS_MAX)))
+    if len(texts) < USER_SPLIT_MIN_TEXTS:
+        return texts, ()
+    return tuple(t for t in texts if not _held_out(t)), tuple(t for t in texts if _held_out(t))
+
+
+def calibration_texts(path: Path | None, count: int, text_column: str = "text") -> list[str]:
+    """Texts to calibrate, score and fit on: the user's file (minus its held-out part) or the
+    built-in calibration domains in balance."""
+    source = _user_split(path, text_column)[0] if path else builtin_calibration_texts()
     return take_texts(source, count, "calibration", path)
 
 
-@lru_cache(maxsize=1)
-def held_out_texts() -> tuple[str, ...]:
-    """Held-out texts, minus any that also occur in the calibration part (a sentence repeated
-    in two paragraphs of the docs would otherwise be in both)."""
-    calibration = set(mixed_lengths(calibration_paragraphs()))
-    return tuple(t for t in mixed_lengths(held_out_paragraphs()) if t not in calibration)
+@dataclass(frozen=True)
+class TextSet:
+    """Texts parity is measured on, and what they are, for the report."""
+
+    key: str  # "held_out" | "unseen_domain"
+    label: str
+    texts: tuple[str, ...]
+
+
+def parity_sets(
+    parity_path: Path | None, calibration_path: Path | None, count: int, unseen_count: int, text_column: str = "text"
+) -> list[TextSet]:
+    """The two kinds of held-out text an artifact is judged on.
+
+    1. text of the calibration domains that calibration never read: ``--parity-text`` if given,
+       else the held-out fifth of the user's ``--calibration`` file, else the built-in held-out text;
+    2. a domain that no calibration source holds (movie reviews), minus any text that is also
+       in the calibration text (a user may calibrate on reviews).
+    """
+    if parity_path is not None:
+        held = TextSet("held_out", f"--parity-text {parity_path.name}", tuple(take_texts(read_text_lines(parity_path, text_column), count, "parity", parity_path)))
+    elif calibration_path is not None and _user_split(calibration_path, text_column)[1]:
+        held = TextSet("held_out", f"held out from --calibration {calibration_path.name}", _user_split(calibration_path, text_column)[1][:count])
+    else:
+        domains = ", ".join(d.name for d in CALIBRATION_DOMAINS)
+        held = TextSet("held_out", f"held out from the calibration domains: {domains}", held_out_texts()[:count])
+    calibrated = set(_user_split(calibration_path, text_column)[0]) if calibration_path is not None else set()
+    shipped = unseen_domain_texts()[:unseen_count]
+    unseen = tuple(t for t in shipped if t not in calibrated)
+    sets = [TextSet(held.key, held.label, tuple(dict.fromkeys(held.texts)))]  # exact duplicates tie neighbours
+    if unseen_count > 0 and len(unseen) >= 3:
+        label = f"unseen domain: {UNSEEN_DOMAIN.description}"
+        if len(unseen) < len(shipped):  # the user calibrated on this domain: say what is left of it
+            label += f", the {len(unseen)} of {len(shipped)} not in --calibration"
+        sets.append(TextSet("unseen_domain", label, unseen))
+    return sets
 
 
 def parity_texts(path: Path | None, count: int) -> list[str]:

@@ -25,7 +25,7 @@ class CalibrationSource:
     cfg: CalibrationConfig
 
     def _split(self) -> tuple[list[str], list[str]]:
-        texts = calibration_texts(self.cfg.path, self.cfg.size + HELD_BACK)
+        texts = calibration_texts(self.cfg.path, self.cfg.size + HELD_BACK, self.cfg.text_column)
         held = min(HELD_BACK, max(1, len(texts) // 3)) if len(texts) > 1 else 0
         return (texts[:-held] if held else texts), (texts[-held:] if held else texts)
 

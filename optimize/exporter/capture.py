@@ -32,7 +32,7 @@ class CaptureAttempt:
 
 
 def _export_wrapper(loaded: LoadedModel):  # -> torch.nn.Module
-    """A module whose forward takes exactly the artifact's inputs and returns its one output."""
+    """A module whose forward takes exactly the artifact's inputs and returns its outputs in order."""
     import torch
 
     class ExportWrapper(torch.nn.Module):
@@ -40,12 +40,15 @@ def _export_wrapper(loaded: LoadedModel):  # -> torch.nn.Module
             super().__init__()
             self.model = loaded.module
             self.names = loaded.input_names
-            self.output = loaded.output_name
+            self.outputs = loaded.outputs
 
         def forward(self, input_ids, attention_mask=None, token_type_ids=None):  # noqa: ANN001
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             kwargs = {name: given[name] for name in self.names}
-            return self.model(**kwargs, return_dict=True)[self.output]
+            result = self.model(**kwargs, return_dict=True)
+            if len(self.outputs) == 1:
+                return result[self.outputs[0]]
+            return tuple(result[name] for name in self.outputs)
 
     return ExportWrapper().eval()
 
@@ -95,7 +98,7 @@ def _capture_dynamo(loaded: LoadedModel, cfg: ExportConfig) -> ir.Model:
             opset_version=cfg.opset,
             dynamic_shapes=dynamic,
             input_names=list(loaded.input_names),
-            output_names=[loaded.output_name],
+            output_names=list(loaded.outputs),
             optimize=True,
             verbose=False,
         )
@@ -110,7 +113,10 @@ def _capture_torchscript(loaded: LoadedModel, cfg: ExportConfig) -> ir.Model:
     inputs = sample_inputs(loaded)
     buffer = io.BytesIO()
     axes = {name: {0: "batch", 1: "sequence"} for name in loaded.input_names}
-    axes[loaded.output_name] = {0: "batch", 1: "sequence"} if loaded.task == "feature-extraction" else {0: "batch"}
+    from optimize.tasks import get_task
+
+    for name, names in zip(loaded.outputs, get_task(loaded.task).axes):
+        axes[name] = {i: axis for i, axis in enumerate(names) if axis in ("batch", "sequence")}
     with _quiet():
         torch.onnx.export(
             wrapper,
@@ -119,7 +125,7 @@ def _capture_torchscript(loaded: LoadedModel, cfg: ExportConfig) -> ir.Model:
             dynamo=False,
             opset_version=cfg.opset,
             input_names=list(loaded.input_names),
-            output_names=[loaded.output_name],
+            output_names=list(loaded.outputs),
             dynamic_axes=axes,
         )
     return ir.from_proto(onnx.load_from_string(buffer.getvalue()))

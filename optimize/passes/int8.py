@@ -22,6 +22,7 @@ from optimize.config import QuantConfig, SessionConfig
 from optimize.errors import InputError, PassError
 from optimize.passes.base import OptimizePass
 from optimize.quantization.emit import Decision, SiteDecision, emit
+from optimize.quantization.qat import LayerScheme, weight_key
 
 #: placeholder parameters for decisions built only to compute their input transform.
 _UNSET = QuantParams(1.0, 0, False)
@@ -87,12 +88,18 @@ class Int8Pass(OptimizePass):
         style: str = "ort",
         sites: bool = False,
         session: SessionConfig = SessionConfig(),
+        fixed: dict[str, LayerScheme] | None = None,
     ) -> None:
         """``style`` "ort" emits ONNX Runtime int8 ops, "qdq" standard Q/DQ; ``sites`` adds
-        TensorRT's fusion sites (attention batched MatMuls, residual Adds) as candidates."""
+        TensorRT's fusion sites (attention batched MatMuls, residual Adds) as candidates.
+        ``fixed``: the plan --qat trained under (with its learned ranges), keyed by qat.weight_key
+        of each layer's weights; those layers take it as it is. After a run, ``plan`` holds this
+        run's decisions in the same form (what --qat starts from)."""
         super().__init__()
         self.quant, self.source, self.task, self.output, self.style, self.session = quant, source, task, output, style, session
         self.sites = sites
+        self.fixed = fixed or {}
+        self.plan: dict[str, LayerScheme] = {}
 
     def _statistics(self, model: ir.Model, names: list[str], channels: bool = True) -> StatsReport:
         # histograms only where the range method reads them: minmax needs none
@@ -113,16 +120,24 @@ class Int8Pass(OptimizePass):
             return False
         sites = find_trt_sites(model) if self.sites else []
         base = ir.to_proto(model).SerializeToString()
-        activations = list(dict.fromkeys([t.activation for t in targets] + [a for s in sites for a in s.activations]))
-        plain_stats = self._statistics(model, activations)
+        nodes = {n.name: n for n in model.graph}
+        keys = {t.node: weight_key(nodes[t.node].inputs[1].const_value.numpy()) for t in targets}  # type: ignore[union-attr]
+        learned = {t.node: self.fixed[keys[t.node]] for t in targets if keys[t.node] in self.fixed}
+        if self.fixed and not learned:
+            raise PassError(
+                "the int8 pass found none of the layers that quantization-aware distillation trained",
+                "report this with the model; export without --qat meanwhile",
+            )
+        calibrated = [t for t in targets if t.node not in learned]
+        activations = list(dict.fromkeys([t.activation for t in calibrated] + [a for s in sites for a in s.activations]))
+        plain_stats = self._statistics(model, activations) if activations else StatsReport({}, 0, 0)
         calibration_seconds = time.perf_counter() - started
 
-        nodes = {n.name: n for n in model.graph}
         decisions: dict[str, dict[str, Decision]] = {}
         report = plain_stats
         probes: dict[tuple[str, str], np.ndarray] = {}  # (node, variant) -> input transform to observe
         shapes: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
-        for t in targets:
+        for t in calibrated:
             channel = plain_stats.tensors[t.activation].channel_absmax
             smooth = outliers = None
             if channel is not None and channel.shape[0] == t.in_features:
@@ -150,6 +165,10 @@ class Int8Pass(OptimizePass):
             return quant_params(low, high, self.quant.symmetric_activations)
 
         for t in targets:
+            if t.node in learned:  # trained for this form: taken as it is
+                fixed = learned[t.node]
+                decisions[t.node] = {"int8": Decision(t, fixed.params, smooth=fixed.smooth, outliers=fixed.outliers)}
+                continue
             smooth, outliers = shapes[t.node]
             options = {"int8": Decision(t, params(t.activation))}
             if (t.node, "int8+smooth") in observed:
@@ -165,6 +184,7 @@ class Int8Pass(OptimizePass):
         budget = held_back_budget(self.quant)
         unsupported = _unsupported(model, targets, self.style, self.quant.keep_fp32)
         plan = search(base, [*targets, *sites], decisions, evaluator, budget, self.style, unsupported)
+        self.plan = {keys[d.target.node]: LayerScheme(d.params, d.smooth, d.outliers) for d in plan.decisions if isinstance(d, Decision)}
         emit(model, plan.decisions, self.style)
 
         stats_texts, held_texts = self.source.counts()
@@ -175,6 +195,7 @@ class Int8Pass(OptimizePass):
             "activations": "int8 symmetric" if self.quant.symmetric_activations else "uint8 asymmetric",
             "weights": "int8 symmetric per output channel",
             "smooth_alpha": self.quant.smooth_alpha,
+            "qat_layers": len(learned),
             "calibration_texts": stats_texts,
             "calibration_batches": report.batches,
             "held_back_texts": held_texts,

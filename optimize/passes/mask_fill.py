@@ -24,6 +24,7 @@ class MaskFillPass(OptimizePass):
 
     def run(self, model: ir.Model) -> bool:
         replaced = 0
+        fills: dict[str, ir.Value] = {}  # one replacement per constant: DeBERTa and ModernBERT share one across layers
         for node in model.graph:
             if node.op_type != "Where":
                 continue
@@ -33,8 +34,11 @@ class MaskFillPass(OptimizePass):
                 array = value.const_value.numpy()
                 if not np.issubdtype(array.dtype, np.floating) or float(array.reshape(-1)[0]) > _FILL_BELOW:
                     continue
-                fill = ir.Value(name=f"{value.name}_mask_fill", const_value=ir.tensor(np.full(array.shape, MASK_FILL, array.dtype)))
-                model.graph.register_initializer(fill)
+                fill = fills.get(value.name)
+                if fill is None:
+                    fill = ir.Value(name=f"{value.name}_mask_fill", const_value=ir.tensor(np.full(array.shape, MASK_FILL, array.dtype)))
+                    model.graph.register_initializer(fill)
+                    fills[value.name] = fill
                 node.replace_input_with(index, fill)
                 replaced += 1
         for value in list(model.graph.initializers.values()):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from optimize.pruning import reconstruct
 from optimize.pruning.structure import LayerParts, head_cost, neuron_cost
 from optimize.runtimes.base import Feeds
 
@@ -71,8 +72,11 @@ def measure(module: Any, layers: list[LayerParts], batches: list[Feeds]) -> Scor
         with torch.inference_mode():
             for feeds in batches:
                 tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
-                state["mask"] = tensors["attention_mask"].reshape(-1).float()
-                state["tokens"] += int(state["mask"].sum())
+                mask = tensors["attention_mask"]
+                lengths = mask.sum(dim=1, keepdim=True).float().clamp_min(1.0)
+                # tokens weighted as the reconstruction weighs them (reconstruct.TEXT_WEIGHT_POWER)
+                state["mask"] = (mask.float() * lengths ** -reconstruct.TEXT_WEIGHT_POWER).reshape(-1)
+                state["tokens"] += float(state["mask"].sum())
                 module(**tensors)
     finally:
         for handle in handles:
@@ -136,3 +140,44 @@ def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: floa
             spent += cost
         removed += spent
     return Selection([sorted(h) for h in kept_heads], [sorted(n) for n in kept_neurons], removed)
+
+
+def layers_to_drop(module: Any, layers: list[LayerParts], batches: list[Feeds], count: int, classifier: bool) -> list[int]:
+    """The ``count`` layers whose removal changes the output least, chosen greedily: each round
+    skips every remaining layer in turn (its input passed through as its output) and drops the
+    one the model misses least, measured on calibration text as the mean (1 - cosine) of the
+    pooled output, or for a classifier the KL divergence of its class probabilities."""
+    import torch
+
+    def outputs(skipped: set[int]) -> list[Any]:
+        handles = [
+            layers[i].block.register_forward_hook(lambda _m, args, out: (args[0], *out[1:]) if isinstance(out, tuple) else args[0])
+            for i in skipped
+        ]
+        try:
+            with torch.inference_mode():
+                result = []
+                for feeds in batches:
+                    tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+                    out = module(**tensors, return_dict=True)
+                    if classifier:
+                        result.append(out.logits.float().log_softmax(-1))
+                    else:
+                        mask = tensors["attention_mask"].unsqueeze(-1).float()
+                        result.append((out.last_hidden_state * mask).sum(1) / mask.sum(1))
+                return result
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def loss(reference: list[Any], candidate: list[Any]) -> float:
+        if classifier:
+            return float(sum(torch.nn.functional.kl_div(c, r, log_target=True, reduction="sum") for r, c in zip(reference, candidate)))
+        return float(sum((1 - torch.nn.functional.cosine_similarity(r, c, dim=-1)).sum() for r, c in zip(reference, candidate)))
+
+    reference = outputs(set())
+    dropped: set[int] = set()
+    for _ in range(count):
+        costs = {i: loss(reference, outputs(dropped | {i})) for i in range(len(layers)) if i not in dropped}
+        dropped.add(min(costs, key=costs.__getitem__))
+    return sorted(dropped)

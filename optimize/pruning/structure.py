@@ -49,26 +49,69 @@ class LayerParts:
         return self.ffn_in.out_features
 
 
+def _at(root: Any, path: str) -> list[Any]:
+    """The modules at a dotted ``path`` from ``root``; ``*`` expands a ModuleList."""
+    found = [root]
+    for part in (p for p in path.split(".") if p):
+        found = [child for module in found for child in (list(module) if part == "*" else [getattr(module, part)])]
+    return found
+
+
+def _one(root: Any, path: str) -> Any:
+    (module,) = _at(root, path)
+    return module
+
+
 def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
-    """The layers of a BERT, RoBERTa or DistilBERT model (bare or with a head)."""
+    """The layers of ``module`` (bare or with a head), where its architecture description
+    (optimize/architectures.py) says its heads and neurons live; InputError where it has none.
+
+    ALBERT shares one layer across its depth: it comes back once, pruned once for all its uses
+    (its importance sums over every use; the least-squares fit sees its first use)."""
+    from optimize.architectures import NOT_PRUNABLE, describe, prunable_names
+
+    model_type = str(getattr(getattr(module, "config", None), "model_type", ""))
+    layout = describe(model_type).pruning
+    if layout is None:
+        why = NOT_PRUNABLE.get(model_type, "it is not in the tested list, so where its heads and neurons live is not known")
+        raise InputError(
+            f"pruning is not available for architecture {model_type or type(module).__name__!r}: {why}",
+            f"export without --prune; pruning is available for {', '.join(prunable_names())}",
+        )
     base = getattr(module, "base_model", module)
-    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):  # bert, roberta
-        return [
+    layers = []
+    for layer in _at(base, layout.layers):
+        attention = _one(layer, layout.attention) if layout.attention else layer
+        if layout.head_input is not None:
+            _cut_head_input(attention, layout.head_input)
+        layers.append(
             LayerParts(
-                layer, layer.attention.self, ("query", "key", "value"), layer.attention.output.dense,
-                layer.attention.output.LayerNorm, layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm, head_size,
+                layer, attention, layout.qkv, _one(layer, layout.output), _one(layer, layout.attention_norm),
+                _one(layer, layout.ffn_in), _one(layer, layout.ffn_out), _one(layer, layout.ffn_norm), head_size,
             )
-            for layer in base.encoder.layer
-        ]
-    if hasattr(base, "transformer") and hasattr(base.transformer, "layer"):  # distilbert
-        return [
-            LayerParts(
-                layer, layer.attention, ("q_lin", "k_lin", "v_lin"), layer.attention.out_lin, layer.sa_layer_norm,
-                layer.ffn.lin1, layer.ffn.lin2, layer.output_layer_norm, head_size,
-            )
-            for layer in base.transformer.layer
-        ]
-    raise InputError(f"pruning does not know the layout of {type(module).__name__}", "prune bert, roberta or distilbert models")
+        )
+    return layers
+
+
+def _cut_head_input(attention: Any, where: tuple[int, str]) -> None:
+    """Give ``attention`` only its kept heads' slices of a per-head input computed once for all
+    layers (MPNet's relative position bias, [batch, heads, query, key]). The kept heads are read
+    from the module at each call, so the hook is a no-op until heads are cut."""
+    if getattr(attention, "_optimize_head_input_hook", None) is not None:
+        return
+    index, name = where
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        kept = getattr(module, "_optimize_kept_heads", None)
+        if kept is None:
+            return None
+        if name in kwargs and kwargs[name] is not None:
+            kwargs = {**kwargs, name: kwargs[name].index_select(1, kept)}
+        elif len(args) > index and args[index] is not None:
+            args = (*args[:index], args[index].index_select(1, kept), *args[index + 1 :])
+        return args, kwargs
+
+    attention._optimize_head_input_hook = attention.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def linear_params(linear: Any) -> int:
@@ -118,7 +161,7 @@ def _set(owner: Any, name: str, value: Any) -> None:
 
 
 def keep_heads(module: Any, layer: LayerParts, heads: list[int]) -> None:
-    """Physically keep only ``heads`` (sorted indices) of this layer."""
+    """Physically keep only ``heads`` (sorted indices of the layer's current heads)."""
     import torch
 
     index = torch.tensor([h * layer.head_size + i for h in heads for i in range(layer.head_size)], dtype=torch.long)
@@ -132,6 +175,11 @@ def keep_heads(module: Any, layer: LayerParts, heads: list[int]) -> None:
             setattr(layer.attention, attribute, len(heads))
     if hasattr(layer.attention, "all_head_size"):
         layer.attention.all_head_size = len(heads) * layer.head_size
+    if getattr(layer.attention, "_optimize_head_input_hook", None) is not None:
+        previous = getattr(layer.attention, "_optimize_kept_heads", None)
+        kept = torch.tensor(heads, dtype=torch.long)
+        # indices into the full input: a second cut selects among the heads the first one kept
+        layer.attention._optimize_kept_heads = previous[kept] if previous is not None else kept
 
 
 def keep_neurons(module: Any, layer: LayerParts, neurons: list[int]) -> None:
@@ -150,3 +198,15 @@ def _replace(root: Any, old: Any, new: Any) -> None:
         for name, child in list(parent.named_children()):
             if child is old:
                 setattr(parent, name, new)
+
+
+def keep_layers(module: Any, keep: list[int]) -> None:
+    """Physically keep only the encoder layers ``keep`` (sorted indices); the config follows."""
+    import torch
+
+    base = getattr(module, "base_model", module)
+    holder = base.encoder if hasattr(base, "encoder") and hasattr(base.encoder, "layer") else base.transformer
+    holder.layer = torch.nn.ModuleList([holder.layer[i] for i in keep])
+    for attribute in ("num_hidden_layers", "n_layers"):
+        if hasattr(module.config, attribute):
+            setattr(module.config, attribute, len(keep))

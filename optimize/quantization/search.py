@@ -69,7 +69,7 @@ class Evaluator:
         self.quick = _leading_batches(batches, SENSITIVITY_TEXTS)
         self.evaluations = 0
 
-    def _outputs(self, model_bytes: bytes, batches: list[Feeds]) -> list[np.ndarray]:
+    def _outputs(self, model_bytes: bytes, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
         import onnxruntime as ort
 
         from optimize.runtimes.ort import session_options
@@ -79,7 +79,8 @@ class Evaluator:
             disabled_optimizers=list(self.session.disabled_optimizers),
         )
         names = [i.name for i in sess.get_inputs()]
-        return [sess.run([self.output], {n: b[n] for n in names})[0] for b in batches]
+        outputs = [o.name for o in sess.get_outputs()]  # every output: a task may judge several (QA's start and end)
+        return [dict(zip(outputs, sess.run(None, {n: b[n] for n in names}))) for b in batches]
 
     def score(self, model: ir.Model, *, quick: bool = False) -> Score:
         """Scores on every held-back text, or (``quick``) on the first SENSITIVITY_TEXTS."""

@@ -21,15 +21,15 @@ class TorchRunner(Runner):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return (self.loaded.output_name,)
+        return self.loaded.outputs
 
     def _infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
         import torch
 
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).long() for k, v in feeds.items()}
         with torch.inference_mode():
-            result = self.loaded.module(**tensors, return_dict=True)[self.loaded.output_name]
-        return {self.loaded.output_name: result.float().numpy()}
+            result = self.loaded.module(**tensors, return_dict=True)
+        return {name: result[name].float().numpy() for name in self.loaded.outputs}
 
     def run_callable(self, feeds: Feeds):  # -> Callable[[], object]
         import torch

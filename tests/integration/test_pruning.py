@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optimize.api import export_model, parity_batches
-from optimize.config import CalibrationConfig, PruneConfig
+from optimize.config import CalibrationConfig, ExportJob, ParityConfig, PruneConfig
 from optimize.exporter import resolve
 from optimize.pruning import prune
 from optimize.pruning.structure import encoder_layers, encoder_params, keep_heads, keep_neurons
@@ -58,7 +58,7 @@ def test_cutting_a_head_whose_output_weights_are_zero_changes_nothing(tiny_model
 def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o")
-    batches = parity_batches(loaded, job)
+    batches = {p.texts.key: p.batches for p in parity_batches(loaded, job)}
     calibration = CalibrationConfig(size=64, seq_len=64)
     plain = prune(loaded, PruneConfig(fraction=0.3, reconstruct=False), calibration, batches).report
     fitted = prune(loaded, PruneConfig(fraction=0.3), calibration, batches).report
@@ -79,7 +79,7 @@ def test_layer_by_layer_forward_of_the_reconstruction_equals_the_model(kind, tin
     from optimize.pruning.reconstruct import _advance, _first_block_calls
 
     loaded = _loaded(tiny_model_dir, kind)
-    batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[:2]
+    batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[0].batches[:2]
     layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
     calls = _first_block_calls(loaded.module, layers[0].block, batches)
     for layer in layers:
@@ -108,7 +108,7 @@ def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):
 
 def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
-    batches = parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))
+    batches = {p.texts.key: p.batches for p in parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))}
     # without the least-squares fit, so that recovery has the whole gap to close (on a tiny random
     # model the fit alone leaves a loss of 1e-5, which recovery can only jitter around)
     config = PruneConfig(fraction=0.4, reconstruct=False, recover_steps=30)
@@ -174,3 +174,19 @@ def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_
     ops = outcome.manifest["passes"]["final_ops"]
     assert not any(op.startswith("ai.onnxruntime._fusion") for op in ops)
     assert ops["com.microsoft::Attention"] + ops.get("com.microsoft::MultiHeadAttention", 0) == 2
+
+
+def test_drop_layers_removes_the_least_missed_layer_and_recovery_maps_the_rest(tmp_path):
+    import tiny_models
+
+    # three layers with weights large enough that each one matters
+    folder = tiny_models.build("bert", tmp_path / "model", layers=3, init_std=0.2)
+    loaded = resolve(str(folder))
+    batches = parity_batches(loaded, ExportJob(model=str(folder), target="ort-fp32", output=tmp_path / "o",
+                                               parity=ParityConfig(size=24, seq_len=64, unseen_size=24)))
+    sets = {p.texts.key: p.batches for p in batches}
+    report = prune(loaded, PruneConfig(drop_layers=1, recover_steps=20), CalibrationConfig(size=64, seq_len=64), sets).report
+    assert report["layers_total"] == 3 and len(report["layers_kept"]) == 2
+    assert report["encoder_params_kept_share"] == pytest.approx(2 / 3, abs=0.01)
+    similarity = report["pytorch_similarity"]
+    assert similarity["after_recovery"]["cosine_mean"] > similarity["after_cut"]["cosine_mean"]

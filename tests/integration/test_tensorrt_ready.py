@@ -189,13 +189,107 @@ def test_engine_builds_and_matches_onnxruntime(target, trt_bundles, tmp_path):
     _, folder = trt_bundles[target]
     copy = tmp_path / "bundle"
     shutil.copytree(folder, copy)
-    manifest = build_bundle(copy)
+    manifest = build_bundle(copy)  # comparison batches of 16 against a profile of at most 8 rows
     assert (copy / "engine.plan").stat().st_size > 0
-    assert manifest["tensorrt"]["engine"]["ort_comparison"]["passed"]
-    # the timing cache is saved and reused by the next build
+    check = manifest["tensorrt"]["engine"]["ort_comparison"]
+    assert check["passed"] and check["polygraphy"]["last_hidden_state"]["max_absdiff"] >= 0
+    assert manifest["tensorrt"]["engine"]["strongly_typed"]
+    # the timing cache is saved (its lock is not) and reused by the next build
     assert (copy / "timing.cache").is_file()
+    assert not (copy / "timing.cache.lock").exists() and "timing.cache.lock" not in manifest["files"]
 
 
 def test_engine_profile_is_checked():
     with pytest.raises(ValueError):
         dataclasses.replace(ShapeRange(1, 4, 8), optimum=16)
+
+
+# --- the engine path as far as a CPU goes: the profile, the comparison, the refusals ---------------
+
+
+def _held_out_batches(folder: Path, batch_size: int = 16, seq_len: int = 64):
+    from transformers import AutoTokenizer
+
+    from optimize.calibration.batches import token_batches
+    from optimize.calibration.corpus import parity_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = list(dict.fromkeys(parity_texts(None, 40)))
+    return list(token_batches(tokenizer, texts, ("input_ids", "attention_mask", "token_type_ids"), batch_size=batch_size, seq_len=seq_len))
+
+
+def _with_output_scaled(folder: Path, scale: np.ndarray, into: Path) -> Path:
+    """The bundle's graph with its first output multiplied by ``scale`` (a real, different model)."""
+    model = onnx.load(str(folder / "model.onnx"))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_raw" if name == output else name for name in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(scale.astype(np.float32), "output_scale"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [f"{output}_raw", "output_scale"], [output]))
+    onnx.save(model, str(into))
+    return into
+
+
+def test_padding_up_to_the_profile_changes_no_real_output(trt_bundles):
+    """ProfileFit pads 2-row batches of up to 48 tokens to batch 4 and 64 tokens (repeated rows, masked
+    tokens) and cuts the outputs back: ONNX Runtime gives the same numbers as on the batch itself."""
+    from optimize.config import SessionConfig
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.trt_profile import ProfileFit
+
+    _, folder = trt_bundles["trt-fp16"]
+    direct = OrtRunner(folder / "model.onnx", SessionConfig(threads=1))
+    fitted = ProfileFit(direct, EngineConfig(batch=ShapeRange(4, 4, 8), sequence=ShapeRange(64, 64, 128)))
+    for feeds in _held_out_batches(folder, batch_size=2, seq_len=48)[:4]:
+        assert feeds["input_ids"].shape[1] < 64
+        want, got = direct.infer(feeds)["last_hidden_state"], fitted.infer(feeds)["last_hidden_state"]
+        assert got.shape == want.shape
+        real = feeds["attention_mask"].astype(bool)
+        np.testing.assert_allclose(got[real], want[real], atol=2e-3, rtol=2e-3)
+
+
+def test_the_engine_check_is_judged_like_export_parity_and_keeps_polygraphys_statistics(trt_bundles, tmp_path):
+    """An engine whose every output is 6% larger matches ONNX Runtime in direction (cosine 1) though
+    elementwise rtol 5e-2 would fail it; one whose hidden dimensions are rescaled at random does not."""
+    from optimize.config import SessionConfig, Tolerances
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.tensorrt import compare_with_onnxruntime
+    from optimize.runtimes.trt_profile import ProfileFit, cut_to_profile
+
+    _, folder = trt_bundles["trt-fp16"]
+    engine = EngineConfig(batch=ShapeRange(1, 4, 8), sequence=ShapeRange(8, 64, 128))
+    hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+    tolerances = Tolerances(cosine_mean=0.9999, cosine_min=0.9995, neighbour_agreement=0.99)
+    reference = OrtRunner(folder / "model.onnx", SessionConfig(threads=1))
+
+    def check(scale):
+        candidate = ProfileFit(OrtRunner(_with_output_scaled(folder, scale, tmp_path / f"c{len(list(tmp_path.iterdir()))}.onnx"), SessionConfig(threads=1)), engine)
+        batches = cut_to_profile(_held_out_batches(folder), engine)
+        return compare_with_onnxruntime(reference, candidate, batches, task="feature-extraction", output="last_hidden_state", tolerances=tolerances)
+
+    louder = check(np.full(hidden, 1.06))
+    assert louder.ok, louder.parity.failures
+    assert louder.batches >= 5  # 40 texts in batches of 16, cut to 8 rows
+    stats = louder.polygraphy["last_hidden_state"]
+    assert stats["max_reldiff"] > 0.05 and stats["max_absdiff"] > 0  # what atol/rtol 5e-2 failed on
+    assert json.loads(json.dumps(louder.as_dict()))["parity"]["cosine_min"] > 0.9999
+
+    skewed = check(np.random.default_rng(0).uniform(0.2, 1.8, hidden))
+    assert not skewed.ok and any("cosine" in failure for failure in skewed.parity.failures)
+
+
+def test_bench_refuses_shapes_outside_the_engines_profile_in_one_line(trt_bundles, tmp_path):
+    _, folder = trt_bundles["trt-fp16"]
+    result = optimize("bench", str(folder), "--batch", "64", "--seq", "16", "--out", str(tmp_path / "bench"))
+    assert_one_line_error(result, "outside a TensorRT engine's optimization profile", "batch 1-8, sequence 8-128", "optimize build", code=2)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_build_flags_are_checked_against_the_recorded_model_before_any_gpu_work(trt_bundles, tmp_path):
+    _, folder = trt_bundles["trt-fp16"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    result = optimize("build", str(copy), "--seq-len", "8,64,256")
+    assert_one_line_error(result, "--seq-len maximum 256 is longer than the model allows (128 positions)", code=2)
+    assert_one_line_error(optimize("build", str(copy), "--workspace", "0"), "--workspace must be at least 1 MiB", code=2)
+    assert_one_line_error(optimize("build", str(copy), "--batch", "8,2,1"), "--batch takes", code=2)

@@ -34,3 +34,15 @@ def test_invalid_utf8(tmp_path):
     path.write_bytes("ok line\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match="not valid UTF-8 .line 2"):
         corpus.calibration_texts(path, 10)
+
+
+def test_the_builtin_corpus_balances_four_domains_and_keeps_the_unseen_one_apart():
+    calibration = corpus.builtin_calibration_texts()
+    assert len(calibration) > 12_000
+    first = calibration[:400]  # any prefix is balanced: each domain in turn
+    for domain in corpus.CALIBRATION_DOMAINS:
+        mine = set(corpus.mixed_lengths(corpus.calibration_paragraphs(domain)))
+        assert 80 <= sum(t in mine for t in first) <= 120, domain.name
+    unseen = set(corpus.unseen_domain_texts())
+    assert len(unseen) == 600
+    assert not unseen & set(calibration) and not unseen & set(corpus.held_out_texts())

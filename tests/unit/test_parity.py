@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from optimize.config import Tolerances
-from optimize.parity import compare, mean_pool
+from optimize.parity import ParityReport, compare, mean_pool
 from optimize.runtimes.base import Runner
 
 
@@ -85,3 +85,29 @@ def test_classification_label_agreement():
 def test_mean_pool_ignores_padding():
     hidden = np.array([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
     assert mean_pool(hidden, np.array([[1, 1, 0]])).tolist() == [[2.0, 2.0]]
+
+
+def test_unseen_domain_gap_is_said_only_when_it_is_much_worse():
+    import dataclasses
+
+    from optimize.api import unseen_domain_gap
+
+    seen = ParityReport("feature-extraction", 256, 0.990, 0.95, 0.9, None, 0.1, 0, Tolerances(), texts="held out")
+    close = dataclasses.replace(seen, cosine_mean=0.985, texts="unseen domain: movie reviews")
+    far = dataclasses.replace(seen, cosine_mean=0.96, texts="unseen domain: movie reviews")
+    assert unseen_domain_gap(seen, None) is None
+    assert unseen_domain_gap(seen, close) is None  # 1.5x the loss: not "much worse"
+    line = unseen_domain_gap(seen, far)
+    assert line is not None and "0.9600" in line and "--calibration FILE" in line
+
+
+def test_neighbour_agreement_allows_near_ties_and_reports_the_exact_figure():
+    from optimize.parity import NEIGHBOUR_TIE, neighbour_agreement
+
+    # text 0's two nearest (1 and 2) sit within the tie band of the reference; texts 3 and 4
+    # are each other's nearest, far from the rest
+    reference = np.array([[1.0, 0.0, 0.0], [0.9, 0.4359, 0.0], [0.9 - NEIGHBOUR_TIE / 4, 0.4409, 0.0], [0.0, 0.0, 1.0], [0.0, 0.1, 1.0]])
+    candidate = reference.copy()
+    candidate[0] = [0.9, 0.45, 0.0]  # now nearer to 2 than to 1: a swap inside the tie
+    tie_aware, exact = neighbour_agreement(reference, candidate)
+    assert exact < 1.0 and tie_aware == 1.0

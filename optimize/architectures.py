@@ -1,0 +1,196 @@
+"""Encoder families as data: one description per family that the loader, the fusion pass and
+pruning read, instead of branches on ``model_type`` spread through the code.
+
+A description says how to load the family for export (an attention implementation whose
+padding behaviour the exported graph reproduces), which ONNX Runtime fusions its graph
+reaches (the ort-* targets check them and name what did not fuse, and why), and where its
+attention heads and FFN neurons live for pruning (or why they cannot be cut).
+
+A model whose ``model_type`` is none of these goes through the generic path: the same
+export, the passes whose patterns match, the same parity gate, and a line saying that the
+architecture is not in the tested list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PruningLayout:
+    """Where one encoder layer's prunable linears live, as dotted attribute paths.
+
+    ``layers`` runs from the base model to the layers (``*`` expands a ModuleList); the other
+    paths run from one layer. Each linear is a ``torch.nn.Linear`` whose output features are
+    heads (Q, K, V), or whose input features are heads (``output``) or neurons (``ffn_out``).
+    """
+
+    layers: str
+    attention: str  # the module holding Q, K and V ("" is the layer itself)
+    qkv: tuple[str, str, str]
+    output: str
+    attention_norm: str
+    ffn_in: str
+    ffn_out: str
+    ffn_norm: str
+    #: an input of the attention module that carries one slice per head and is computed once
+    #: for all layers (MPNet's relative position bias): (positional index, keyword name). A layer
+    #: that keeps fewer heads gets that input cut to its heads.
+    head_input: tuple[int, str] | None = None
+    #: one layer's weights serve every depth (ALBERT): pruned once, for all its uses.
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One encoder family."""
+
+    model_type: str
+    #: fusion counts the ORT pass must reach, once per layer: names of OrtFusionPass's counts
+    #: ("attention": one com.microsoft Attention; "bias_gelu"; "mha": MultiHeadAttention).
+    fusions: tuple[str, ...]
+    #: what does not fuse and why, printed on the export line and kept in the manifest
+    unfused: dict[str, str] = field(default_factory=dict)
+    #: rewrite rules of our own (optimize/passes/family_rules.py), applied before onnxscript's
+    rules: tuple[str, ...] = ()
+    pruning: PruningLayout | None = None
+    #: transformers attention implementation to load the model with (None: its default)
+    attn_implementation: str | None = None
+    #: positions a RoBERTa-style model reserves before the first token (padding_idx + 1)
+    reserved_positions: bool = False
+    tested: bool = True
+
+    @property
+    def prunable(self) -> bool:
+        return self.pruning is not None
+
+    def expected_fusions(self, config: Any, layers: int) -> dict[str, int]:
+        """What the ORT fusion pass must reach on this family: each of ``fusions`` per layer.
+        BiasGelu only where the FFN activation is erf GELU (tanh GELU fuses differently)."""
+        activation = getattr(config, "hidden_act", getattr(config, "activation", ""))
+        expected = {}
+        for name in self.fusions:
+            if name == "bias_gelu" and activation != "gelu":
+                continue
+            expected[name] = layers
+        return expected
+
+
+_BERT_LAYOUT = PruningLayout(
+    layers="encoder.layer.*",
+    attention="attention.self",
+    qkv=("query", "key", "value"),
+    output="attention.output.dense",
+    attention_norm="attention.output.LayerNorm",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    ffn_norm="output.LayerNorm",
+)
+
+_STANDARD_FUSIONS = ("attention", "bias_gelu")
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a
+    for a in (
+        Architecture("bert", _STANDARD_FUSIONS, pruning=_BERT_LAYOUT),
+        Architecture("roberta", _STANDARD_FUSIONS, pruning=_BERT_LAYOUT, reserved_positions=True),
+        Architecture("xlm-roberta", _STANDARD_FUSIONS, pruning=_BERT_LAYOUT, reserved_positions=True),
+        Architecture("electra", _STANDARD_FUSIONS, pruning=_BERT_LAYOUT),
+        Architecture(
+            "distilbert",
+            _STANDARD_FUSIONS,
+            pruning=PruningLayout(
+                layers="transformer.layer.*",
+                attention="attention",
+                qkv=("q_lin", "k_lin", "v_lin"),
+                output="attention.out_lin",
+                attention_norm="sa_layer_norm",
+                ffn_in="ffn.lin1",
+                ffn_out="ffn.lin2",
+                ffn_norm="output_layer_norm",
+            ),
+        ),
+        Architecture(
+            "albert",
+            _STANDARD_FUSIONS,
+            pruning=PruningLayout(
+                layers="encoder.albert_layer_groups.*.albert_layers.*",
+                attention="attention",
+                qkv=("query", "key", "value"),
+                output="attention.dense",
+                attention_norm="attention.LayerNorm",
+                ffn_in="ffn",
+                ffn_out="ffn_output",
+                ffn_norm="full_layer_layer_norm",
+                shared=True,
+            ),
+        ),
+        Architecture(
+            "mpnet",
+            _STANDARD_FUSIONS,
+            # the relative position bias and the padding mask are two additive terms; ORT's
+            # Attention takes one: they are summed first so the attention patterns match
+            rules=("merge_attention_biases",),
+            pruning=PruningLayout(
+                layers="encoder.layer.*",
+                attention="attention.attn",
+                qkv=("q", "k", "v"),
+                output="attention.attn.o",
+                attention_norm="attention.LayerNorm",
+                ffn_in="intermediate.dense",
+                ffn_out="output.dense",
+                ffn_norm="output.LayerNorm",
+                head_input=(2, "position_bias"),
+            ),
+            reserved_positions=True,
+        ),
+        Architecture(
+            "deberta-v2",
+            ("bias_gelu",),
+            unfused={
+                "attention": "disentangled attention (content-to-position and position-to-content terms gathered by "
+                "relative distance) has no ONNX Runtime CPU kernel; it runs as MatMul/Softmax"
+            },
+        ),
+        Architecture(
+            "modernbert",
+            ("mha",),
+            unfused={
+                "geglu": "ONNX Runtime has no CPU kernel for a gated GELU (BiasSplitGelu is CUDA-only); it runs as Split, Gelu, Mul",
+                "rotary": "ORT's RotaryEmbedding wants a cos/sin cache; onnxscript's cache rule matches Llama's MatMul form of "
+                "the angles, not ModernBERT's Mul form, so RoPE runs as Mul, Slice, Neg, Concat",
+            },
+            rules=("rotary",),
+            # SDPA's boolean mask leaves a padded query whose local window holds only padding
+            # with no key at all, and PyTorch and the exported graph fill that row differently
+            # (8e-3 apart after the final norm). Eager attention adds a finite minimum instead:
+            # the row is a defined average, the same in both; real tokens are unchanged.
+            attn_implementation="eager",
+        ),
+    )
+}
+
+#: why pruning is unavailable, for the families that have no layout
+NOT_PRUNABLE = {
+    "deberta-v2": "its disentangled attention projects the relative position embeddings with the same Q and K "
+    "matrices, which a head cut would have to follow",
+    "modernbert": "its Q, K and V are one fused matrix and its FFN is gated (GeGLU)",
+}
+
+
+def generic(model_type: str) -> Architecture:
+    """An encoder outside the tested list: whatever fuses fuses, nothing is expected."""
+    return Architecture(model_type or "unknown", (), tested=False)
+
+
+def describe(model_type: str) -> Architecture:
+    return ARCHITECTURES.get(model_type) or generic(model_type)
+
+
+def tested_names() -> tuple[str, ...]:
+    return tuple(ARCHITECTURES)
+
+
+def prunable_names() -> tuple[str, ...]:
+    return tuple(name for name, arch in ARCHITECTURES.items() if arch.prunable)

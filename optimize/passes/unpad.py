@@ -1,0 +1,273 @@
+"""No work spent on padding: run the token-wise part of the encoder on real tokens only.
+
+In a batch of real sentences most positions are padding, yet every projection, FFN and norm
+runs on them. This pass (the "effective transformer" of FasterTransformer and
+text-embeddings-inference) packs the hidden states to ``[tokens, channels]`` through the
+attention mask before the first token-wise node, keeps them packed through every node that
+treats each token on its own (MatMul with a constant weight, bias and residual Adds, norms,
+Gelu, static per-tensor QuantizeLinear, MatMulIntegerToFloat), and scatters them back to
+``[batch, sequence, channels]`` only where a node mixes tokens (attention) or the graph
+returns them.
+
+    idx = NonZero(Reshape(attention_mask, [-1]))          the real positions, once per run
+    packed = Gather(Reshape(x, [-1, C]), idx)             before the token-wise region
+    padded = Reshape(ScatterND(zeros, idx, packed), x)    before attention and the outputs
+
+Outputs at real positions are those of the padded graph; at padded positions they are 0
+(what a masked mean pool or a CLS pool reads is unchanged; parity compares real tokens).
+Which nodes count as token-wise is decided per node from its op and the shapes of its
+inputs: a node the pass does not know stays on the padded layout, so an unknown graph is
+left correct, only less packed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optimize.passes.base import OptimizePass
+
+#: elementwise ops whose every non-constant input is a [batch, sequence, C] activation
+_ELEMENTWISE = {
+    ("", "Add"), ("", "Sub"), ("", "Mul"), ("", "Div"), ("", "Relu"), ("", "Tanh"), ("", "Erf"),
+    ("", "Sigmoid"), ("", "Sqrt"), ("", "Cast"), ("", "Identity"), ("", "Gelu"),
+    ("com.microsoft", "BiasGelu"), ("com.microsoft", "FastGelu"), ("com.microsoft", "Gelu"),
+}
+#: the first input is the activation, the rest constants (weights, scales, zero points)
+_FIRST_INPUT_ONLY = {("", "MatMul"), ("com.microsoft", "MatMulIntegerToFloat"), ("", "QuantizeLinear"), ("", "DequantizeLinear")}
+
+
+def _domain(node: ir.Node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    """An initializer, or computed from initializers only (a weight stored int8 and widened)."""
+    if value is None or value.const_value is not None:
+        return True
+    producer = value.producer()
+    return producer is not None and not value.is_graph_input() and all(_is_constant(v) for v in producer.inputs)
+
+
+def _rank(value: ir.Value) -> int | None:
+    if value.shape is not None:
+        return len(value.shape)
+    return None if value.const_value is None else len(value.const_value.shape)
+
+
+class UnpadPass(OptimizePass):
+    name = "unpad"
+
+    def __init__(self, mask_input: str = "attention_mask") -> None:
+        super().__init__()
+        self.mask_input = mask_input
+
+    def run(self, model: ir.Model) -> bool:
+        graph = model.graph
+        mask = next((v for v in graph.inputs if v.name == self.mask_input), None)
+        if mask is None or mask.shape is None or len(mask.shape) != 2:
+            self.stats = {"packed_nodes": 0, "reason": f"no 2-D {self.mask_input} input"}
+            return False
+        batch, sequence = mask.shape[0], mask.shape[1]
+
+        def token_major(value: ir.Value | None) -> bool:
+            """A [batch, sequence, C] activation with a static channel count."""
+            return (
+                value is not None
+                and value.shape is not None
+                and len(value.shape) == 3
+                and value.shape[0] == batch
+                and value.shape[1] == sequence
+                and isinstance(value.shape[2], int)
+            )
+
+        _fill_shapes(graph, token_major)
+        region = _without_dead_ends(graph, [n for n in graph if self._token_wise(n, token_major)])
+        if not region:
+            self.stats = {"packed_nodes": 0, "reason": "no token-wise node on [batch, sequence, C] activations"}
+            return False
+        inside = set(map(id, region))
+        builder = _Packing(graph, mask)
+        packed: dict[int, ir.Value] = {}  # id(padded value) -> its packed twin (activations entering the region)
+        for node in region:
+            for index, value in enumerate(node.inputs):
+                if value is None or _is_constant(value):
+                    continue
+                producer = value.producer()
+                if producer is not None and id(producer) in inside:
+                    continue  # already packed: produced inside the region
+                if id(value) not in packed:
+                    packed[id(value)] = builder.pack(value)
+                node.replace_input_with(index, packed[id(value)])
+        unpacked = 0
+        for node in region:
+            for value in node.outputs:
+                channels = value.shape[2]  # type: ignore[index]
+                value.shape = ir.Shape([ir.SymbolicDim("tokens"), channels])
+                outside = [(user, i) for user, i in value.uses() if id(user) not in inside]
+                is_output = value in graph.outputs
+                if not outside and not is_output:
+                    continue
+                padded = builder.unpack(value, channels, batch, sequence)
+                for user, i in outside:
+                    user.replace_input_with(i, padded)
+                if is_output:
+                    position = graph.outputs.index(value)
+                    name = value.name
+                    value.name = f"{name}_packed"
+                    padded.name = name
+                    graph.outputs[position] = padded
+                unpacked += 1
+        builder.finish(region[0])
+        self.stats = {"packed_nodes": len(region), "packed_inputs": len(packed), "unpacked_outputs": unpacked}
+        return True
+
+    @staticmethod
+    def _token_wise(node: ir.Node, token_major) -> bool:  # noqa: ANN001
+        key = (_domain(node), node.op_type)
+        if not node.outputs or not all(token_major(v) for v in node.outputs):
+            return False
+        if key in _FIRST_INPUT_ONLY:
+            first, rest = node.inputs[0], node.inputs[1:]
+            if not token_major(first) or not all(_is_constant(v) for v in rest):
+                return False
+            if key in (("", "QuantizeLinear"), ("", "DequantizeLinear")):  # per-tensor only: no axis to move
+                return all(v is None or _rank(v) in (0, None) or (v.shape is not None and v.shape.numel() == 1) for v in rest)
+            return True
+        if key == ("", "LayerNormalization"):
+            axis = node.attributes.get_int("axis", -1)
+            return axis in (-1, 2) and token_major(node.inputs[0]) and all(_is_constant(v) for v in node.inputs[1:])
+        if key in _ELEMENTWISE:
+            activations = [v for v in node.inputs if v is not None and not _is_constant(v)]
+            constants_ok = all(_rank(v) in (0, 1) for v in node.inputs if v is not None and _is_constant(v))
+            return bool(activations) and all(token_major(v) for v in activations) and constants_ok
+        return False
+
+
+def _fill_shapes(graph: ir.Graph, token_major) -> None:  # noqa: ANN001
+    """Earlier rewrites (fusions, the bias fold) leave some new values without a shape; a token-wise
+    node's output is its activation's shape with the weight's width (MatMul) or unchanged."""
+    for node in graph:
+        if len(node.outputs) != 1 or node.outputs[0].shape is not None:
+            continue
+        key = (_domain(node), node.op_type)
+        first = node.inputs[0] if node.inputs else None
+        if not token_major(first):
+            continue
+        assert first is not None and first.shape is not None
+        if key in (("", "MatMul"), ("com.microsoft", "MatMulIntegerToFloat")):
+            weight = node.inputs[1]
+            if weight is None or weight.shape is None or len(weight.shape) != 2 or not isinstance(weight.shape[1], int):
+                continue
+            node.outputs[0].shape = ir.Shape([first.shape[0], first.shape[1], weight.shape[1]])
+        elif key in _ELEMENTWISE or key == ("", "LayerNormalization") or key in _FIRST_INPUT_ONLY:
+            node.outputs[0].shape = ir.Shape(list(first.shape))
+        if node.outputs[0].dtype is None:
+            node.outputs[0].dtype = _output_dtype(node, key, first)
+
+
+def _output_dtype(node: ir.Node, key: tuple[str, str], first: ir.Value) -> ir.DataType | None:
+    if key == ("", "Cast"):
+        return ir.DataType(node.attributes.get_int("to", first.dtype or 1))
+    if key == ("", "QuantizeLinear"):
+        zero_point = node.inputs[2] if len(node.inputs) > 2 else None
+        return zero_point.dtype if zero_point is not None and zero_point.dtype is not None else ir.DataType.UINT8
+    if key in (("", "DequantizeLinear"), ("com.microsoft", "MatMulIntegerToFloat")):
+        return ir.DataType.FLOAT
+    return first.dtype
+
+
+def _without_dead_ends(graph: ir.Graph, region: list[ir.Node]) -> list[ir.Node]:
+    """Drop region nodes whose results all leave the region at once (the embeddings' first Add,
+    say, read by the position Add that is not token-major): packing them would only be undone."""
+    kept = list(region)
+    while True:
+        inside = set(map(id, kept))
+        graph_outputs = set(map(id, graph.outputs))
+        trimmed = [
+            n for n in kept
+            if any(id(v) in graph_outputs or any(id(user) in inside for user, _ in v.uses()) for v in n.outputs)
+        ]
+        if len(trimmed) == len(kept):
+            return kept
+        kept = trimmed
+
+
+class _Packing:
+    """The index and the pack / unpack nodes, inserted at the top of the graph as needed."""
+
+    def __init__(self, graph: ir.Graph, mask: ir.Value) -> None:
+        self.graph, self.mask = graph, mask
+        self.nodes: list[ir.Node] = []  # the shared index computation, inserted by finish()
+        flat_shape = self._const("unpad_flat", np.array([-1], np.int64))
+        flat_mask = self._node("Reshape", [mask, flat_shape], "unpad_mask_flat")
+        positions = self._node("NonZero", [flat_mask], "unpad_positions")  # [1, tokens]
+        self.index = self._node("Reshape", [positions, flat_shape], "unpad_index")  # [tokens]
+        self.scatter_index = self._node("Transpose", [positions], "unpad_scatter_index")  # [tokens, 1]
+        self.flat_length = self._node("Shape", [flat_mask], "unpad_flat_length")  # [batch * sequence]
+        self.zeros: dict[tuple[int, ir.DataType], ir.Value] = {}
+        self.padded_shapes: dict[int, ir.Value] = {}
+
+    def _const(self, name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        if name not in self.graph.initializers:
+            self.graph.register_initializer(value)
+        return self.graph.initializers[name]
+
+    def _node(self, op: str, inputs: list, name: str, attributes: dict | None = None) -> ir.Value:
+        node = ir.node(op, inputs, attributes=attributes or {}, name=name)
+        node.outputs[0].name = name
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def _zeros(self, channels: int, dtype: ir.DataType) -> ir.Value:
+        key = (channels, dtype)
+        if key not in self.zeros:
+            width = self._const(f"unpad_width_{channels}", np.array([channels], np.int64))
+            shape = self._node("Concat", [self.flat_length, width], f"unpad_zeros_shape_{channels}_{dtype.name}", {"axis": 0})
+            zero = ir.tensor(np.zeros(1, dtype.numpy()))
+            self.zeros[key] = self._node("ConstantOfShape", [shape], f"unpad_zeros_{channels}_{dtype.name}", {"value": zero})
+        return self.zeros[key]
+
+    def pack(self, value: ir.Value) -> ir.Value:
+        """``value`` [batch, sequence, C] -> [tokens, C], right after its producer."""
+        channels = value.shape[2]  # type: ignore[index]
+        rows = ir.Value(name=f"{value.name}_rows", type=ir.TensorType(value.dtype) if value.dtype else None)
+        width = self._const(f"unpad_rows_{channels}", np.array([-1, channels], np.int64))
+        reshape = ir.node("Reshape", [value, width], name=f"{value.name}_rows", outputs=[rows])
+        gather = ir.node("Gather", [rows, self.index], attributes={"axis": 0}, name=f"{value.name}_pack")
+        packed = gather.outputs[0]
+        packed.name = f"{value.name}_packed"
+        packed.dtype = value.dtype
+        packed.shape = ir.Shape([ir.SymbolicDim("tokens"), channels])
+        producer = value.producer()
+        if producer is None:  # a graph input: the index nodes come first, then this
+            self.nodes.extend([reshape, gather])
+        else:
+            self.graph.insert_after(producer, [reshape, gather])
+        return packed
+
+    def unpack(self, packed: ir.Value, channels: int, batch, sequence) -> ir.Value:  # noqa: ANN001
+        """``packed`` [tokens, C] -> [batch, sequence, C] with zeros at padded positions."""
+        dtype = packed.dtype or ir.DataType.FLOAT
+        scatter = ir.node("ScatterND", [self._zeros(channels, dtype), self.scatter_index, packed], name=f"{packed.name}_unpack")
+        reshape = ir.node("Reshape", [scatter.outputs[0], self._padded_shape(channels)], name=f"{packed.name}_padded")
+        padded = reshape.outputs[0]
+        padded.name = f"{packed.name}_padded"
+        padded.dtype = dtype
+        padded.shape = ir.Shape([batch, sequence, channels])
+        self.graph.insert_after(packed.producer(), [scatter, reshape])  # type: ignore[arg-type]
+        return padded
+
+    def _padded_shape(self, channels: int) -> ir.Value:
+        """[batch, sequence, channels], computed once per channel count."""
+        if channels not in self.padded_shapes:
+            shape = self._node("Shape", [self.mask], "unpad_batch_sequence")
+            width = self._const(f"unpad_width_{channels}", np.array([channels], np.int64))
+            self.padded_shapes[channels] = self._node("Concat", [shape, width], f"unpad_padded_shape_{channels}", {"axis": 0})
+        return self.padded_shapes[channels]
+
+    def finish(self, first: ir.Node) -> None:
+        """The index computation goes to the top of the graph, before anything reads it."""
+        top = next(iter(self.graph))
+        self.graph.insert_before(top, self.nodes)

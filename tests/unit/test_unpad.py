@@ -1,0 +1,97 @@
+"""The unpadding pass: real tokens only through the token-wise nodes, same outputs at real positions."""
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+from graphs import model, run, tensor, value
+from optimize.config import ExportConfig
+from optimize.exporter import export, resolve
+from optimize.passes.attention_mask import AttentionMaskIndexPass
+from optimize.passes.base import op_counts
+from optimize.passes.cleanup import CleanupPass
+from optimize.passes.fusion import OrtFusionPass
+from optimize.passes.unpad import UnpadPass
+
+
+def _fused(folder) -> tuple[ir.Model, tuple[str, ...]]:
+    loaded = resolve(str(folder))
+    m = export(loaded, ExportConfig(dynamic_probe_shapes=((1, 4),))).model
+    for step in (CleanupPass(), OrtFusionPass(), CleanupPass(), AttentionMaskIndexPass()):
+        step(m)
+    return m, loaded.input_names
+
+
+def _feeds(names, lengths: list[int], seq: int) -> dict[str, np.ndarray]:
+    """Rows of the given real lengths, padded to ``seq``; ids inside every tiny vocabulary."""
+    rng = np.random.default_rng(0)
+    mask = np.array([[1] * n + [0] * (seq - n) for n in lengths], np.int64)
+    feeds = {
+        "input_ids": rng.integers(5, 900, mask.shape).astype(np.int64) * mask + (1 - mask),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(mask),
+    }
+    return {n: feeds[n] for n in names}
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+def test_outputs_at_real_positions_are_unchanged(kind, tiny_model_dir):
+    m, names = _fused(tiny_model_dir(kind))
+    feeds = _feeds(names, [11, 5, 3], 11)
+    (before,) = run(m, feeds)
+
+    unpad = UnpadPass()
+    unpad(m)
+
+    # every MatMul of the layers reads packed [tokens, C] rows; attention alone runs padded
+    packed_matmuls = [n for n in m.graph if n.op_type == "MatMul" and len(n.inputs[0].shape or ()) == 2]
+    assert len(packed_matmuls) == 6, op_counts(m)  # 2 layers x (attention output, FFN in, FFN out)
+    assert op_counts(m)["ScatterND"] == 3  # before each layer's attention, and the graph output
+    assert unpad.stats["packed_nodes"] > 0
+    (after,) = run(m, feeds)
+    real = feeds["attention_mask"].astype(bool)
+    np.testing.assert_allclose(after[real], before[real], rtol=1e-5, atol=1e-5)
+    assert np.all(after[~real] == 0.0)  # padded positions are zeros, not computed
+
+
+def test_unpadded_graph_runs_at_every_shape_even_without_padding(tiny_model_dir):
+    m, names = _fused(tiny_model_dir("bert"))
+    UnpadPass()(m)
+    for batch, seq in ((1, 1), (1, 7), (4, 2)):
+        feeds = _feeds(names, [seq] * batch, seq)
+        (out,) = run(m, feeds)
+        assert out.shape == (batch, seq, 64) and np.isfinite(out).all()
+
+
+def test_a_node_that_mixes_tokens_stays_on_the_padded_layout():
+    """A Softmax over the sequence axis is not token-wise: it must read the padded tensor."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Softmax", ["h"], ["s"], axis=1),
+        helper.make_node("Add", ["s", "b"], ["y"]),
+    ]
+    m = model(
+        nodes,
+        [value("x", shape=["batch", "sequence", 4]), value("attention_mask", 7, ["batch", "sequence"])],
+        [value("y", shape=["batch", "sequence", 4])],
+        [tensor("w", rng.normal(size=(4, 4)).astype(np.float32)), tensor("b", rng.normal(size=4).astype(np.float32))],
+    )
+    mask = np.array([[1, 1, 1], [1, 0, 0]], np.int64)
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    (before,) = run(m, {"x": x, "attention_mask": mask})
+    UnpadPass()(m)
+    softmax = next(n for n in m.graph if n.op_type == "Softmax")
+    assert len(softmax.inputs[0].shape) == 3
+    (after,) = run(m, {"x": x, "attention_mask": mask})
+    real = mask.astype(bool)
+    np.testing.assert_allclose(after[real], before[real], rtol=1e-6, atol=1e-6)
+
+
+def test_a_graph_without_a_mask_input_is_left_alone():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    m = model(nodes, [value("x", shape=["batch", "sequence", 4])], [value("y", shape=["batch", "sequence", 4])])
+    unpad = UnpadPass()
+    assert not unpad(m).modified
+    assert unpad.stats["packed_nodes"] == 0
