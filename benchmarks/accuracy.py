@@ -141,6 +141,21 @@ def export(classifier: Path, name: str, flags: list[str], files: dict[str, Path]
     return bundle
 
 
+def bundle_facts(bundle: Path) -> dict:
+    """What the artifact is, from its manifest: int8 layers, pruning kept share, recovery steps."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    passes = {p["name"]: p.get("stats", {}) for p in manifest.get("passes", {}).get("passes", [])}
+    int8 = passes.get("int8") or {}
+    pruning = manifest.get("pruning") or {}
+    return {
+        "target": manifest.get("target"),
+        "int8_layers": int8.get("int8_layers"),
+        "linear_layers": (int8["int8_layers"] + int8.get("fp32_layers", 0)) if int8 else None,
+        "encoder_params_kept_share": pruning.get("encoder_params_kept_share"),
+        "recover_steps": (pruning.get("recovery") or {}).get("steps", 0) if pruning else None,
+    }
+
+
 def evaluate(bundle: Path, test: Path) -> dict:
     report = bundle.with_suffix(".eval.json")
     if not report.is_file():
@@ -220,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
             "heldback_drop": (manifest.get("evaluation") or {}).get("accuracy_drop"),
             "speedup": speedups.get(name),
             "model_mb": round((bundles[name] / "model.onnx").stat().st_size / 1e6, 1),
+            "bundle": bundle_facts(bundles[name]),
         }
     print(f"\nrotten_tomatoes test ({reports and next(iter(reports.values()))['rows']} rows); fine-tuned PyTorch fp32 accuracy {source_accuracy:.4f}")
     print(f"{'bundle':16s} {'accuracy':>9s} {'drop (pts)':>11s} {'95% interval':>16s} {'vs PyTorch':>10s} {'MB':>6s}")
