@@ -108,7 +108,14 @@ def test_interrupted_forced_export_keeps_the_previous_bundle(sig, when, existing
         assert [line for line in stderr.splitlines() if line.startswith("error:")], stderr
     leftovers = [p.name for p in bundle.parent.iterdir() if p.name != bundle.name]
     assert leftovers == [], leftovers
-    assert _snapshot(bundle) == before
+    after = _snapshot(bundle)
+    if "was written (that bundle is complete" in stderr:
+        # stopped inside the swap itself (signals blocked there): the signal lands after it, the new
+        # bundle is whole and the line says so; deterministic export, so the same model
+        assert when == "writing" and after["model.onnx"] == before["model.onnx"], stderr
+        assert json.loads(after["manifest.json"])["format"]
+    else:
+        assert after == before
 
 
 def _comparable(manifest: dict) -> dict:
