@@ -117,6 +117,11 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
+#: bundles this process has put in place: an interrupt that lands after the swap (delivered the
+#: moment the signals are unblocked) must not be reported as "nothing was written"
+COMMITTED: list[Path] = []
+
+
 def _commit(staging: Path, dest: Path) -> None:
     """Swap the staging folder into place; the old bundle is retired, then removed."""
     with _signals_blocked():
@@ -130,6 +135,7 @@ def _commit(staging: Path, dest: Path) -> None:
             if retired is not None:
                 os.rename(retired, dest)
             raise
+        COMMITTED.append(dest)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
 
@@ -139,14 +145,15 @@ def staged(dest: Path, force: bool) -> Iterator[Path]:
     """Yield an empty staging folder beside ``dest``; on normal exit it becomes ``dest``."""
     dest = Path(os.path.abspath(dest))
     preflight(dest, force)
+    staging = dest.parent / f".{dest.name}{_STAGING_MARK}{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_stale(dest)
-        staging = dest.parent / f".{dest.name}{_STAGING_MARK}{os.getpid()}-{secrets.token_hex(3)}"
-        staging.mkdir()
-    except OSError as exc:
-        raise _os_error(exc, dest) from exc
-    try:
+        # made inside the try: an interrupt delivered the moment after mkdir still removes it
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_stale(dest)
+            staging.mkdir()
+        except OSError as exc:
+            raise _os_error(exc, dest) from exc
         yield staging
         _fsync_tree(staging)
         _commit(staging, dest)

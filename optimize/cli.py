@@ -475,8 +475,18 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(TERMINATED)
 
 
+def _committed_bundles() -> list:
+    """The bundles this process has put in place (none when optimize.bundle was never imported)."""
+    bundle = sys.modules.get("optimize.bundle")
+    return bundle.COMMITTED if bundle is not None else []
+
+
 def _interrupt_line() -> str:
     """typer and click re-wrap an interrupt (Exit(130), Abort), so remember which signal it was."""
+    committed = _committed_bundles()
+    if committed:  # the signal came after the swap: the new bundle is whole, only what followed was cut
+        what = "terminated by SIGTERM" if signal.SIGTERM in _signals_received else "interrupted"
+        return f"error: {what} after {committed[-1]} was written (that bundle is complete; only what followed was cut short)"
     return f"error: {TERMINATED if signal.SIGTERM in _signals_received else INTERRUPTED}"
 
 
@@ -503,6 +513,7 @@ def _on_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     _signals_received.clear()
+    _committed_bundles().clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.unraisablehook = _on_unraisable
     debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")

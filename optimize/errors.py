@@ -2,6 +2,13 @@
 
 Every error a user can provoke is one of these. The CLI prints ``str(error)`` as one
 line and exits with ``error.exit_code``; nothing else reaches the terminal.
+
+Two kinds travel under the same classes and print the same way: a *refusal*, raised where the
+project's own checks said no (a missing file, a graph the ONNX checker rejects), and an
+*internal failure*, where a pass or a library raised something unexpected and the project
+wrapped it on the way out (``internal=True``; the library's exception is ``__cause__``). The
+CLI treats both alike; tests tell them apart, so that a bug wrapped into a tidy line is never
+counted as a correct refusal.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ class OptimizeError(Exception):
 
     exit_code = 1
 
-    def __init__(self, problem: str, fix: str | None = None) -> None:
+    def __init__(self, problem: str, fix: str | None = None, *, internal: bool = False) -> None:
         self.problem = problem.strip().rstrip(".")
         self.fix = fix.strip().rstrip(".") if fix else None
+        #: True when this wraps an unexpected exception from a pass or a library (see the module doc)
+        self.internal = internal
         super().__init__(self.one_line())
 
     def one_line(self) -> str:

@@ -18,7 +18,11 @@ Neighbour agreement counts a text's nearest neighbour under the artifact as agre
 reference model rates it within NEIGHBOUR_TIE of the reference's own nearest: in a dense domain
 many texts have two neighbours the reference itself can barely tell apart (on 600 movie reviews,
 30% of texts have their two nearest within 0.01 cosine), and swapping those says nothing about
-the artifact. The exact figure (the very same neighbour) is reported beside it.
+the artifact. The exact figure (the very same neighbour) is reported beside it. Label agreement
+is tie-aware the same way: the artifact's label counts as agreeing when the reference gives it a
+probability within LABEL_TIE of its own top label's (a two-class head at 0.501 / 0.499, or a
+question-answering head spread evenly over a passage, is a coin flip for the reference too); the
+exact figure is reported beside it.
 Non-finite outputs are counted and always fail.
 """
 
@@ -51,6 +55,8 @@ class ParityReport:
     texts: str = "held out"
     #: the share of texts whose nearest neighbour is the very same one (no tie allowance)
     neighbour_agreement_exact: float | None = None
+    #: the share of decisions on the very same label (no tie allowance)
+    label_agreement_exact: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -62,7 +68,8 @@ class ParityReport:
             exact = f" ({self.neighbour_agreement_exact:.3f} exact)" if self.neighbour_agreement_exact is not None else ""
             parts.append(f"top-1 neighbour agreement {self.neighbour_agreement:.3f}{exact}")
         if self.label_agreement is not None:
-            parts.append(f"label agreement {self.label_agreement:.4f}")
+            exact = f" ({self.label_agreement_exact:.4f} exact)" if self.label_agreement_exact is not None else ""
+            parts.append(f"label agreement {self.label_agreement:.4f}{exact}")
         parts.append(f"max abs error {self.max_abs_error:.2e}")
         return f"{', '.join(parts)} over {self.samples} texts ({self.texts})"
 
@@ -89,10 +96,28 @@ class _Batch:
     """One batch compared: per-text cosines, agreement decisions, vectors for neighbours."""
 
     cosines: np.ndarray
-    agreements: np.ndarray  # booleans: per text, or per real token
+    agreements: np.ndarray  # booleans, tie-aware: per text, or per real token
     max_abs_error: float
     want_vectors: np.ndarray | None = None  # for the neighbour agreement across all texts
     got_vectors: np.ndarray | None = None
+    exact_agreements: np.ndarray | None = None  # booleans: the very same label
+
+
+#: probability within which the reference's own top two labels count as a tie
+LABEL_TIE = 0.005
+
+
+def label_agreement(want_logits: np.ndarray, got_logits: np.ndarray, real: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tie-aware, exact) agreement of the argmax over the last axis; ``real`` masks positions
+    out of the choice (question answering picks among the real tokens only)."""
+    if real is not None:
+        want_logits = np.where(real, want_logits, -np.inf)
+        got_logits = np.where(real, got_logits, -np.inf)
+    reference = softmax(want_logits)
+    wanted, picked = reference.argmax(-1), got_logits.argmax(-1)
+    top = np.take_along_axis(reference, wanted[..., None], -1)[..., 0]
+    at_pick = np.take_along_axis(reference, picked[..., None], -1)[..., 0]
+    return at_pick >= top - LABEL_TIE, wanted == picked
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +166,8 @@ def _embedding(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch:
 
 def _classes(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch:
     w, g = want[name], got[name]
-    return _Batch(_cosines(softmax(w), softmax(g)), w.argmax(axis=1) == g.argmax(axis=1), _abs_error(w, g))
+    tie_aware, exact = label_agreement(w, g)
+    return _Batch(_cosines(softmax(w), softmax(g)), tie_aware, _abs_error(w, g), exact_agreements=exact)
 
 
 def _token_classes(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch:
@@ -149,8 +175,8 @@ def _token_classes(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch
     real = mask.astype(bool)
     pw, pg = softmax(w) * real[..., None], softmax(g) * real[..., None]
     cosines = _cosines(pw.reshape(len(w), -1), pg.reshape(len(g), -1))
-    agreements = (w.argmax(-1) == g.argmax(-1))[real]
-    return _Batch(cosines, agreements, _abs_error(w, g, mask))
+    tie_aware, exact = label_agreement(w, g)
+    return _Batch(cosines, tie_aware[real], _abs_error(w, g, mask), exact_agreements=exact[real])
 
 
 def _span(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch:
@@ -163,11 +189,13 @@ def _span(want: dict, got: dict, mask: np.ndarray, name: str) -> _Batch:
 
     pw = np.concatenate([distribution(want[n]) for n in names], axis=1)
     pg = np.concatenate([distribution(got[n]) for n in names], axis=1)
-    agree = np.ones(len(mask), bool)
+    agree, exact = np.ones(len(mask), bool), np.ones(len(mask), bool)
     for n in names:
-        agree &= np.where(real, want[n], -np.inf).argmax(1) == np.where(real, got[n], -np.inf).argmax(1)
+        tie_aware, same = label_agreement(want[n], got[n], real if real.any() else None)
+        agree &= tie_aware
+        exact &= same
     error = max(_abs_error(want[n], got[n], mask) for n in names)
-    return _Batch(_cosines(pw, pg), agree, error)
+    return _Batch(_cosines(pw, pg), agree, error, exact_agreements=exact)
 
 
 MEASURES = {
@@ -200,7 +228,7 @@ def _compare_batch(want: Any, got: Any, mask: np.ndarray | None, task: Task) -> 
 
 
 def _judge(batches: list[_Batch], task: Task) -> tuple[float, float, float | None, float | None]:
-    """Cosine mean, cosine min, agreement (tie-aware for neighbours) and the exact neighbour agreement."""
+    """Cosine mean, cosine min, agreement (tie-aware) and the exact agreement."""
     cosines = np.concatenate([b.cosines for b in batches])
     exact = None
     if task.judged_by == "neighbours":
@@ -210,6 +238,8 @@ def _judge(batches: list[_Batch], task: Task) -> tuple[float, float, float | Non
     else:
         decisions = np.concatenate([b.agreements for b in batches])
         agreement = float(np.mean(decisions)) if decisions.size else None
+        if decisions.size and all(b.exact_agreements is not None for b in batches):
+            exact = float(np.mean(np.concatenate([b.exact_agreements for b in batches])))  # type: ignore[misc]
     return float(cosines.mean()), float(cosines.min()), agreement, exact
 
 
@@ -284,5 +314,6 @@ def compare_outputs(
         tolerances=tolerances,
         failures=tuple(failures),
         texts=texts,
-        neighbour_agreement_exact=exact,
+        neighbour_agreement_exact=exact if neighbours is not None else None,
+        label_agreement_exact=exact if labels is not None else None,
     )

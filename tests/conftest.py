@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
+from shared_data import SHARED_DATA, require_shared_file  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,16 +54,14 @@ def quick_job():
     return make
 
 
-REPO = Path(__file__).resolve().parent.parent
-ROTTEN_TOMATOES = REPO.parent / "shared" / "data" / "rotten_tomatoes.csv"
+ROTTEN_TOMATOES = SHARED_DATA / "rotten_tomatoes.csv"
 
 
 @pytest.fixture(scope="session")
 def rotten_tomatoes_test_texts():
-    """Real labelled sentences (the `test` split) from ../shared; never used for calibration."""
+    """Real labelled sentences (the `test` split) from ../shared; never used for calibration.
+    Skips where ../shared is absent, fails under CI (tests/shared_data.py)."""
     import csv
 
-    if not ROTTEN_TOMATOES.is_file():
-        pytest.skip(f"{ROTTEN_TOMATOES} is not beside the checkout")
-    with open(ROTTEN_TOMATOES, newline="", encoding="utf-8") as handle:
+    with open(require_shared_file(ROTTEN_TOMATOES), newline="", encoding="utf-8") as handle:
         return [row["text"] for row in csv.DictReader(handle) if row["split"] == "test"]

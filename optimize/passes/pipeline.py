@@ -2,6 +2,8 @@
 
 Like onnx_ir's PassManager, a failure names the pass and the passes that ran before it;
 unlike it, each pass's statistics and its effect on the graph are kept for the manifest.
+A pass's own PassError (it refused, or did not deliver) goes through as it is; anything else a
+pass or its library raises becomes a PassError marked ``internal`` (a bug, not a refusal).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Pipeline:
                 raise PassError(
                     f"pass {pass_.name!r} failed after [{before}]: {cause.__class__.__name__}: {detail}",
                     "re-run with OPTIMIZE_DEBUG=1 for the traceback and report it with the model",
+                    internal=True,
                 ) from exc
             model = result.model
             records.append(

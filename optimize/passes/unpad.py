@@ -207,7 +207,7 @@ class _Packing:
         self.flat_length = self._node("Shape", [flat_mask], "unpad_flat_length")  # [batch * sequence]
         self.zeros: dict[tuple[int, ir.DataType], ir.Value] = {}
         self.padded_shapes: dict[int, ir.Value] = {}
-        self.batch_sequence: ir.Value | None = None
+        self.batch_sequence: ir.Value | None = None  # Shape(mask), made once for every channel count
 
     def _const(self, name: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
@@ -263,7 +263,7 @@ class _Packing:
     def _padded_shape(self, channels: int) -> ir.Value:
         """[batch, sequence, channels], computed once per channel count."""
         if channels not in self.padded_shapes:
-            if self.batch_sequence is None:  # one Shape for every channel count (token classification has two)
+            if self.batch_sequence is None:
                 self.batch_sequence = self._node("Shape", [self.mask], "unpad_batch_sequence")
             shape = self.batch_sequence
             width = self._const(f"unpad_width_{channels}", np.array([channels], np.int64))

@@ -1,5 +1,7 @@
-"""Nothing lost: interrupted exports leave the previous bundle intact and no staging folder;
-the same command twice gives the same model.onnx, byte for byte."""
+"""Nothing lost: interrupted exports leave the previous bundle intact and no staging folder,
+whether the signal lands at start-up, during the work or in the middle of writing the new bundle
+(each case is constructed: the export is stopped and checked before the signal is sent); the same
+command twice gives the same model.onnx, byte for byte."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,44 +24,97 @@ def _export_args(model: Path, out: Path, *extra: str) -> list[str]:
             "--seq-len", "64", "--parity-size", "16", *extra]
 
 
+def _staging(bundle: Path, pid: int) -> list[Path]:
+    """The staging folder of process ``pid`` writing into ``bundle`` (optimize.bundle names it so)."""
+    return [p for p in bundle.parent.iterdir() if p.name.startswith(f".{bundle.name}.tmp-{pid}-")]
+
+
+@dataclass(frozen=True)
+class Existing:
+    bundle: Path
+    writing_starts_s: float  # how long after the start the export began writing (staging folder seen)
+
+
 @pytest.fixture(scope="module")
-def existing_bundle(tiny_model_dir, tmp_path_factory):
+def existing_bundle(tiny_model_dir, tmp_path_factory) -> Existing:
+    """A bundle to protect, and when the same export starts writing (to aim signals before it)."""
     out = tmp_path_factory.mktemp("interrupt") / "bundle"
-    done = subprocess.run(_export_args(tiny_model_dir("bert"), out), capture_output=True, text=True, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return out
+    started = time.monotonic()
+    process = subprocess.Popen(_export_args(tiny_model_dir("bert"), out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    writing = None
+    while process.poll() is None:
+        if writing is None and out.parent.is_dir() and _staging(out, process.pid):
+            writing = time.monotonic() - started
+        time.sleep(0.001)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    assert writing is not None, "the export never showed a staging folder"
+    return Existing(out, writing)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def _freeze(process: subprocess.Popen) -> None:
+    """Stop the process where it is (SIGSTOP cannot be caught), so that what it is doing can be
+    checked before the signal under test is sent."""
+    assert process.poll() is None, "the export finished before the signal: this case proves nothing"
+    os.kill(process.pid, signal.SIGSTOP)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+
+
 @pytest.mark.parametrize(
-    ("sig", "delay"),
-    [(signal.SIGINT, 0.8), (signal.SIGTERM, 2.5), (signal.SIGINT, 4.5), (signal.SIGTERM, 6.5), (signal.SIGINT, 8.5)],
+    ("sig", "when"),
+    [
+        (signal.SIGINT, "starting"),  # interpreter start and imports: maybe before any handler
+        (signal.SIGTERM, "working"),  # export, passes, parity
+        (signal.SIGINT, "working"),
+        (signal.SIGTERM, "writing"),  # the staging folder exists: the new bundle is being written
+        (signal.SIGINT, "writing"),
+    ],
 )
-def test_interrupted_forced_export_keeps_the_previous_bundle(sig, delay, existing_bundle, tiny_model_dir):
-    before = _snapshot(existing_bundle)
+def test_interrupted_forced_export_keeps_the_previous_bundle(sig, when, existing_bundle, tiny_model_dir):
+    bundle = existing_bundle.bundle
+    before = _snapshot(bundle)
     process = subprocess.Popen(
-        _export_args(tiny_model_dir("bert"), existing_bundle, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        _export_args(tiny_model_dir("bert"), bundle, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=ENV,
     )
-    time.sleep(delay)
-    process.send_signal(sig)
+    try:
+        if when == "writing":  # wait for the staging folder, then stop the export inside the write
+            deadline = time.monotonic() + 600
+            while not _staging(bundle, process.pid) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        else:
+            time.sleep(0.8 if when == "starting" else existing_bundle.writing_starts_s / 2)
+        _freeze(process)
+        staging = _staging(bundle, process.pid)
+        if when == "writing":
+            assert staging, "the write had finished when the export was stopped: nothing was interrupted mid-write"
+        elif when == "working":
+            assert not staging, "the export was already writing: aim earlier"
+        process.send_signal(sig)  # pending until the process continues
+    finally:
+        if process.poll() is None:  # a stopped process is not reaped: it is still there to continue
+            os.kill(process.pid, signal.SIGCONT)
     stdout, stderr = process.communicate(timeout=600)
     assert "Traceback" not in stderr + stdout
-    leftovers = [p.name for p in existing_bundle.parent.iterdir() if p.name != existing_bundle.name]
+    # 130 with one line; or, for a signal that lands while the interpreter is starting (before
+    # the handler is installed), death by that signal. Never a finished export: the case was built.
+    assert process.returncode == 130 or (when == "starting" and process.returncode == -sig), (process.returncode, stderr)
+    if process.returncode == 130:
+        assert [line for line in stderr.splitlines() if line.startswith("error:")], stderr
+    leftovers = [p.name for p in bundle.parent.iterdir() if p.name != bundle.name]
     assert leftovers == [], leftovers
-    after = _snapshot(existing_bundle)
-    if process.returncode == 0:  # finished before the signal: the new bundle is whole
+    after = _snapshot(bundle)
+    if "was written (that bundle is complete" in stderr:
+        # stopped inside the swap itself (signals blocked there): the signal lands after it, the new
+        # bundle is whole and the line says so; deterministic export, so the same model
+        assert when == "writing" and after["model.onnx"] == before["model.onnx"], stderr
         assert json.loads(after["manifest.json"])["format"]
-        assert after["model.onnx"] == before["model.onnx"]  # and, deterministic, the same model
     else:
-        # 130 with one line; or, for a signal that lands while the interpreter itself is starting
-        # or tearing down (before/after any handler), death by that signal. Either way nothing is lost.
-        assert process.returncode in (130, -sig), stderr
-        if process.returncode == 130:
-            assert [line for line in stderr.splitlines() if line.startswith("error:")], stderr
         assert after == before
 
 
@@ -79,8 +135,7 @@ def _comparable(manifest: dict) -> dict:
 
 
 def test_the_same_command_twice_gives_the_same_bundle(tiny_model_dir, tmp_path):
-    """ort-int8: calibration, search and emission on top of export and fusion (the interruption
-    test above already compares ort-fp32's model.onnx across runs whenever an export completes)."""
+    """ort-int8: calibration, search and emission on top of export and fusion."""
     extra = ("--target", "ort-int8", "--calibration-size", "48")
     runs = []
     for name in ("first", "second"):

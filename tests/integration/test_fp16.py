@@ -20,7 +20,8 @@ from optimize.passes.fp16 import Fp16Pass
 
 def test_fp16_bundle_keeps_io_types_and_has_no_cast_chains(tiny_model_dir, quick_job, tmp_path):
     outcome = export_model(quick_job(str(tiny_model_dir("bert")), tmp_path / "out", target="ort-fp16"))
-    assert outcome.parity.ok
+    parity = outcome.parity  # the figures, not the gate's verdict (export_model raises when that fails)
+    assert parity.cosine_mean >= 0.9999 and parity.cosine_min >= 0.9995 and parity.nonfinite == 0, parity.summary()
     manifest = outcome.manifest
     assert [i["dtype"] for i in manifest["io"]["inputs"]] == ["INT64"] * 3
     assert manifest["io"]["outputs"][0]["dtype"] == "FLOAT"
@@ -86,7 +87,8 @@ def test_measured_ranges_keep_the_planted_layer_fp32(planted, quick_job, tmp_pat
     job = quick_job(str(planted), tmp_path / "out", target="ort-fp16")
     job = dataclasses.replace(job, calibration=CalibrationConfig(size=32, seq_len=64))
     outcome = export_model(job)
-    assert outcome.parity.ok and outcome.parity.nonfinite == 0
+    parity = outcome.parity
+    assert parity.cosine_min >= 0.9995 and parity.nonfinite == 0, parity.summary()
     fp16 = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "fp16")["stats"]
     assert fp16["max_observed"] > 65504 / 4
     assert fp16["kept_fp32_by_range"]  # decided from the measurement, not a fixed list

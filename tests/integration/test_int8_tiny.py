@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import onnx
 import pytest
@@ -21,15 +22,18 @@ def _int8_job(quick_job, folder, out, **quant):
 def test_int8_export_meets_its_budget(classification, tiny_model_dir, quick_job, tmp_path):
     folder = tiny_model_dir("bert", classification=classification)
     outcome = export_model(_int8_job(quick_job, folder, tmp_path / "out"))
-    assert outcome.parity.ok
     assert outcome.parity.cosine_mean >= 0.99 and outcome.parity.cosine_min >= 0.97
     int8 = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "int8")
     stats = int8["stats"]
     assert stats["int8_layers"] + stats["fp32_layers"] == 8  # 2 layers x (qkv, attn_out, ffn_in, ffn_out)
+    # a tiny random BERT is easy to quantize: the budget keeps most of its layers int8 (all 8 when
+    # written); a pass that quantizes nothing still meets the budget, so require the layers
+    assert stats["int8_layers"] >= 6, stats["layers"]
     assert all(layer["alone"]["int8"] for layer in stats["layers"] if not layer["why"].startswith("kept fp32 on request"))
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
-    if stats["int8_layers"]:
-        assert ops & {"MatMulIntegerToFloat", "QAttention"}
+    # and the graph holds them: one QAttention (qkv) or MatMulIntegerToFloat per int8 layer
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node)
+    assert ops["QAttention"] + ops["MatMulIntegerToFloat"] == stats["int8_layers"], ops
+    assert ops["QuantizeLinear"] > 0
 
 
 def test_keep_fp32_is_honoured_and_explained(tiny_model_dir, quick_job, tmp_path):

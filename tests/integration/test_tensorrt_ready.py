@@ -54,7 +54,10 @@ def trt_bundles(tiny_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("target", ["trt-fp16", "trt-int8"])
 def test_graph_is_what_tensorrts_parser_takes(target, trt_bundles):
     outcome, folder = trt_bundles[target]
-    assert outcome.parity.ok
+    # the figures, not the gate's own verdict (export_model raises when that fails)
+    mean, worst = {"trt-fp16": (0.9999, 0.9995), "trt-int8": (0.99, 0.97)}[target]
+    assert outcome.parity.cosine_mean >= mean and outcome.parity.cosine_min >= worst, outcome.parity.summary()
+    assert outcome.parity.nonfinite == 0 and outcome.parity.samples >= 16
     model = onnx.load(str(folder / "model.onnx"))
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
     assert {n.op_type for n in model.graph.node} <= TENSORRT_SUPPORTED_OPS
@@ -99,17 +102,21 @@ def test_trt_int8_qdq_is_symmetric_per_channel_and_where_tensorrt_fuses(trt_bund
     for node in weight_dq:
         assert node.attributes["axis"].as_int() == 1
         assert node.inputs[1].const_value.numpy().size == node.inputs[0].const_value.shape[1]
-    # activation Q/DQ reaches both inputs of an attention batched MatMul, and a residual Add
-    def fed_by_dq(value: ir.Value | None) -> bool:
+    # activation Q/DQ (on a computed tensor, not a weight) reaches both inputs of each attention
+    # batched MatMul kept int8, and the skip input of each residual Add kept int8
+    def fed_by_activation_dq(value: ir.Value | None) -> bool:
         producer = value.producer() if value is not None else None
-        return producer is not None and producer.op_type == "DequantizeLinear"
+        return producer is not None and producer.op_type == "DequantizeLinear" and producer.inputs[0].const_value is None
 
     stats = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "int8")["stats"]
     assert stats["style"] == "qdq" and stats["activation_sites"] > 0
-    if stats["int8_sites"]:
-        bmm = [n for n in model.graph if n.op_type == "MatMul" and all(fed_by_dq(v) for v in n.inputs)]
-        residual = [n for n in model.graph if n.op_type == "Add" and any(fed_by_dq(v) for v in n.inputs)]
-        assert bmm or residual
+    # the tiny BERT is easy to quantize: the search keeps its sites int8 (all 8 when written), so
+    # the check below always has something to find
+    assert stats["int8_layers"] >= 6 and stats["int8_sites"] >= 6, stats
+    bmm = [n for n in model.graph if n.op_type == "MatMul" and all(fed_by_activation_dq(v) for v in n.inputs)]
+    residual = [n for n in model.graph if n.op_type == "Add" and any(fed_by_activation_dq(v) for v in n.inputs)]
+    assert bmm and residual
+    assert len(bmm) + len(residual) == stats["int8_sites"]
 
 
 def test_readiness_names_each_problem():

@@ -22,8 +22,7 @@ def test_feature_extraction_bundle(kind, tiny_model_dir, quick_job, tmp_path):
     folder = tiny_model_dir(kind)
     outcome = export_model(quick_job(str(folder), tmp_path / "out"))
 
-    assert outcome.parity.ok
-    assert outcome.parity.cosine_min >= 0.99999
+    assert outcome.parity.cosine_min >= 0.99999 and outcome.parity.max_abs_error < 1e-3, outcome.parity.summary()
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [i["name"] for i in manifest["io"]["inputs"]] == EXPECTED_INPUTS[kind]
     assert all(i["dtype"] == "INT64" for i in manifest["io"]["inputs"])

@@ -80,3 +80,17 @@ def test_read_bundle_rejects_non_bundles(tmp_path):
     (tmp_path / "bad" / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="corrupt"):
         bundle.read_bundle(tmp_path / "bad")
+
+
+def test_an_interrupt_after_the_swap_says_the_bundle_was_written(tmp_path):
+    """A signal blocked during the swap is delivered right after it: the line must not claim that
+    nothing was written."""
+    from optimize import bundle, cli
+
+    bundle.COMMITTED.clear()
+    assert "nothing was written" in cli._interrupt_line()
+    with bundle.staged(tmp_path / "out", force=False) as staging:
+        (staging / "manifest.json").write_text("{}")
+    line = cli._interrupt_line()
+    assert "nothing was written" not in line and str(tmp_path / "out") in line and line.startswith("error: interrupted after")
+    bundle.COMMITTED.clear()

@@ -111,3 +111,18 @@ def test_neighbour_agreement_allows_near_ties_and_reports_the_exact_figure():
     candidate[0] = [0.9, 0.45, 0.0]  # now nearer to 2 than to 1: a swap inside the tie
     tie_aware, exact = neighbour_agreement(reference, candidate)
     assert exact < 1.0 and tie_aware == 1.0
+
+
+def test_label_agreement_allows_coin_flips_of_the_reference_and_reports_the_exact_figure():
+    from optimize.parity import label_agreement
+
+    reference = np.array([[0.001, 0.0], [2.0, -2.0], [0.0, 0.0, 0.002][:2]])
+    candidate = np.array([[0.0, 0.001], [-2.0, 2.0], [0.0, 0.0]])
+    tie_aware, exact = label_agreement(reference, candidate)
+    # row 0 flips inside the tie (p 0.50025 vs 0.49975), row 1 is a real flip, row 2 is the same
+    assert tie_aware.tolist() == [True, False, True] and exact.tolist() == [False, False, True]
+
+    # a span head picks among the real tokens only: a padded position's logit cannot win
+    real = np.array([[True, True, False]])
+    tie_aware, exact = label_agreement(np.array([[3.0, 0.0, 0.0]]), np.array([[3.0, 0.0, 9.0]]), real)
+    assert tie_aware.tolist() == [True] and exact.tolist() == [True]

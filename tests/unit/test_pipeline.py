@@ -23,6 +23,13 @@ class Explode(OptimizePass):
         raise ValueError("shapes do not line up")
 
 
+class Refuse(OptimizePass):
+    name = "refuse"
+
+    def run(self, m: ir.Model) -> bool:
+        raise PassError("the graph has no attention to fuse", "export with --target ort-fp32")
+
+
 def _graph():
     return model([helper.make_node("Relu", ["x"], ["y"])], [value("x", shape=[2])], [value("y", shape=[2])])
 
@@ -41,3 +48,12 @@ def test_pipeline_names_the_failing_pass_and_those_before_it():
     message = str(caught.value)
     assert "'explode'" in message and "[count-nodes]" in message and "shapes do not line up" in message
     assert "\n" not in message
+    # a library's exception wrapped on the way out: an internal failure, not a refusal
+    assert caught.value.internal and isinstance(caught.value.__cause__, ValueError)
+
+
+def test_a_pass_that_refuses_is_not_an_internal_failure():
+    with pytest.raises(PassError) as caught:
+        Pipeline([CountNodes(), Refuse()]).run(_graph())
+    assert not caught.value.internal
+    assert str(caught.value) == "the graph has no attention to fuse; export with --target ort-fp32"

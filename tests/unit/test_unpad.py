@@ -1,6 +1,7 @@
 """The unpadding pass: real tokens only through the token-wise nodes, same outputs at real positions."""
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper
@@ -53,6 +54,22 @@ def test_outputs_at_real_positions_are_unchanged(kind, tiny_model_dir):
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(after[real], before[real], rtol=1e-5, atol=1e-5)
     assert np.all(after[~real] == 0.0)  # padded positions are zeros, not computed
+
+
+def test_outputs_of_different_widths_each_get_their_padded_layout(tiny_model_dir):
+    """Token classification: hidden states (64 wide) return to the padded layout before each
+    attention, per-token logits (3 wide) at the output; the mask's shape is computed once for
+    both widths (a second Shape node of the same name made an invalid graph)."""
+    m, names = _fused(tiny_model_dir("bert", head="token"))
+    feeds = _feeds(names, [9, 4], 9)
+    before = run(m, feeds)
+    UnpadPass()(m)
+    onnx.checker.check_model(ir.to_proto(m))
+    after = run(m, feeds)
+    assert [a.shape for a in after] == [(2, 9, 3)]
+    real = feeds["attention_mask"].astype(bool)
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a[real], b[real], rtol=1e-5, atol=1e-5)
 
 
 def test_unpadded_graph_runs_at_every_shape_even_without_padding(tiny_model_dir):
