@@ -83,8 +83,13 @@ def _through_target(loaded, graph: bytes, target_name: str, task: str) -> tuple[
     return parity, model, fusion
 
 
+def _bert_quick(kinds) -> list:
+    """Every architecture in the full suite; bert alone in the quick subset (-m "not slow")."""
+    return [k if k == "bert" else pytest.param(k, marks=pytest.mark.slow) for k in kinds]
+
+
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("kind", tiny_models.ARCHITECTURES)
+@pytest.mark.parametrize("kind", _bert_quick(tiny_models.ARCHITECTURES))
 def test_every_architecture_passes_every_target(kind, target, exported):
     loaded, graph = exported(kind)
     parity, model, fusion = _through_target(loaded, graph, target, "feature-extraction")
@@ -100,7 +105,7 @@ def test_every_architecture_passes_every_target(kind, target, exported):
 
 
 @pytest.mark.parametrize("task", ["text-classification", "token-classification", "question-answering"])
-@pytest.mark.parametrize("kind", tiny_models.ARCHITECTURES)
+@pytest.mark.parametrize("kind", _bert_quick(tiny_models.ARCHITECTURES))
 def test_every_architecture_exports_every_head_task_with_fp32_parity(kind, task, exported):
     loaded, graph = exported(kind, task)
     assert loaded.task == task  # the default follows the checkpoint's head
@@ -140,7 +145,7 @@ def _sentence_folder(tiny_model_dir, tmp_path_factory, kind: str, modes: tuple[s
     return folder
 
 
-@pytest.mark.parametrize("kind", POOLING)
+@pytest.mark.parametrize("kind", _bert_quick(POOLING))
 def test_sentence_embedding_matches_sentence_transformers(kind, exported, tiny_model_dir, tmp_path_factory):
     """The graph's sentence_embedding against the sentence-transformers package's own encode."""
     from sentence_transformers import SentenceTransformer
