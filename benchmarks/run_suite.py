@@ -249,7 +249,7 @@ def frontier_rows(bundles: dict[str, Path], speed: dict | None) -> list[str]:
         rows.append(
             f"| {name} | {pruning.get('fraction_requested', 0)} | {steps if pruning else '-'} | "
             f"{pruning.get('encoder_params_kept_share', 1.0):.0%} | {cosines if pruning else '-'} | {parity['cosine_mean']:.4f} | "
-            f"{parity['cosine_min']:.4f} | {_f(parity.get('neighbour_agreement'), '.3f')} | {_unseen(manifest)} | {_f(ratio, '.2f')}{'x' if ratio else ''} | {versus} |"
+            f"{parity['cosine_min']:.4f} | {_f(_agreement(parity), '.3f')} | {_unseen(manifest)} | {_f(ratio, '.2f')}{'x' if ratio else ''} | {versus} |"
         )
     return rows
 
