@@ -12,8 +12,25 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from optimize.config import ExportJob  # noqa: E402
-from optimize.errors import OptimizeError  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optimize.config import ExportJob
+    from optimize.errors import OptimizeError
+
+
+def __getattr__(name: str) -> Any:
+    """ExportJob and OptimizeError on first use: ``python -m optimize`` imports this package before its
+    launcher can handle Ctrl-C (optimize/launch.py), so importing the package does no work."""
+    if name == "ExportJob":
+        from optimize.config import ExportJob
+
+        return ExportJob
+    if name == "OptimizeError":
+        from optimize.errors import OptimizeError
+
+        return OptimizeError
+    raise AttributeError(f"module 'optimize' has no attribute {name!r}")
 
 
 def export_model(job: ExportJob, reporter=None):  # noqa: ANN001, ANN201 - thin lazy wrapper

@@ -1,5 +1,5 @@
 import sys
 
-from optimize.cli import main
+from optimize.launch import run
 
-sys.exit(main())
+sys.exit(run())

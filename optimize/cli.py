@@ -517,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.unraisablehook = _on_unraisable
     debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)  # inside the try: Ctrl-C lands here too (a tenth of a second)
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="optimize", standalone_mode=False)
         code = int(result) if isinstance(result, int) else 0
         if code == 130:  # typer turns KeyboardInterrupt into Exit(130), which click returns silently

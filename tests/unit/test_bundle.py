@@ -88,6 +88,7 @@ def test_an_interrupt_after_the_swap_says_the_bundle_was_written(tmp_path):
     from optimize import bundle, cli
 
     bundle.COMMITTED.clear()
+    cli._signals_received.clear()  # another test's SIGTERM would make it "terminated by SIGTERM after"
     assert "nothing was written" in cli._interrupt_line()
     with bundle.staged(tmp_path / "out", force=False) as staging:
         (staging / "manifest.json").write_text("{}")
