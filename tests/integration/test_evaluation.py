@@ -81,6 +81,7 @@ def test_eval_names_a_missing_column(classifier_bundle, tmp_path):
     assert_one_line_error(optimize("eval", str(bundle), "--data", str(data)), "no column 'text'", "sentence", code=2)
 
 
+@pytest.mark.slow  # minutes on a busy 2-core machine: the full suite only (keeps -m 'not slow' under 5 minutes)
 def test_accuracy_gate_refuses_a_drop_past_the_limit(tmp_path):
     # weights large enough that the layers matter, so pruning 60% changes some predictions
     folder = tiny_models.build("bert", tmp_path / "model", classification=True, init_std=0.3)

@@ -56,6 +56,12 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def _default_sigint() -> None:
+    """The export's Ctrl-C as a user's terminal has it: a pytest started as a shell's background job
+    hands its children SIGINT ignored, and an ignored signal proves nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _freeze(process: subprocess.Popen) -> None:
     """Stop the process where it is (SIGSTOP cannot be caught), so that what it is doing can be
     checked before the signal under test is sent."""
@@ -80,7 +86,7 @@ def test_interrupted_forced_export_keeps_the_previous_bundle(sig, when, existing
     before = _snapshot(bundle)
     process = subprocess.Popen(
         _export_args(tiny_model_dir("bert"), bundle, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=ENV,
+        text=True, env=ENV, preexec_fn=_default_sigint,
     )
     try:
         if when == "writing":  # wait for the staging folder, then stop the export inside the write
@@ -138,6 +144,7 @@ def _comparable(manifest: dict) -> dict:
     return clean(manifest)
 
 
+@pytest.mark.slow  # minutes on a busy 2-core machine: the full suite only (keeps -m 'not slow' under 5 minutes)
 def test_the_same_command_twice_gives_the_same_bundle(tiny_model_dir, tmp_path):
     """ort-int8: calibration, search and emission on top of export and fusion."""
     extra = ("--target", "ort-int8", "--calibration-size", "48")

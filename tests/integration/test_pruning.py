@@ -55,6 +55,7 @@ def test_cutting_a_head_whose_output_weights_are_zero_changes_nothing(tiny_model
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # minutes on a busy 2-core machine: the full suite only (keeps -m 'not slow' under 5 minutes)
 def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o")
@@ -118,7 +119,7 @@ def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, 
     assert similarity["after_recovery"]["cosine_mean"] > similarity["after_reconstruction"]["cosine_mean"]
 
 
-@pytest.mark.parametrize("target", ["ort-fp32", "ort-int8"])
+@pytest.mark.parametrize("target", ["ort-fp32", pytest.param("ort-int8", marks=pytest.mark.slow)])
 def test_pruned_export_has_smaller_matrices_and_a_manifest(target, tiny_model_dir, quick_job, tmp_path):
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out", target=target)
     job = dataclasses.replace(job, prune=PruneConfig(fraction=0.3), calibration=CalibrationConfig(size=48, seq_len=64))
@@ -176,6 +177,7 @@ def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_
     assert ops["com.microsoft::Attention"] + ops.get("com.microsoft::MultiHeadAttention", 0) == 2
 
 
+@pytest.mark.slow  # minutes on a busy 2-core machine: the full suite only (keeps -m 'not slow' under 5 minutes)
 def test_drop_layers_removes_the_least_missed_layer_and_recovery_maps_the_rest(tmp_path):
     import tiny_models
 

@@ -27,7 +27,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("target_name", ["ort-int8", "trt-int8"])
+@pytest.mark.parametrize("target_name", ["ort-int8", pytest.param("trt-int8", marks=pytest.mark.slow)])
 def test_fake_quantized_pytorch_matches_the_int8_graph(target_name, tiny_model_dir, quick_job, tmp_path):
     """ort-int8: the same arithmetic to float rounding. trt-int8 adds Q/DQ at TensorRT's fusion
     sites (attention products, residual Adds) that training does not model: its linear layers
