@@ -419,6 +419,8 @@ def bench(
     block_runs: Annotated[int, typer.Option("--block-runs", help="Runs per block (the first 3 are dropped).")] = 12,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md and bench.png.")] = Path("bench-out"),
     merge_files: Annotated[Optional[list[Path]], typer.Option("--merge", help="Merge result JSONs from several machines into one table.")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="With --each-node: the Ray cluster to benchmark on.")] = None,
+    each_node: Annotated[bool, typer.Option("--each-node", help="Run the benchmark once on every node of the --address cluster and merge the tables (as --merge).")] = False,
 ) -> None:
     """Time bundles against PyTorch and ONNX Runtime's defaults: p50/p90/p99, throughput, memory, size."""
     from optimize.bench import report
@@ -441,6 +443,9 @@ def bench(
         rounds=rounds,
         block_runs=block_runs,
     )
+    if each_node or address:
+        _bench_each_node(list(bundles or []), cfg, address, each_node, out_dir)
+        return
     cells = len(cfg.batches) * len(cfg.seq_lens)
     written: dict[str, Path] = {}
     partial: dict = {}
@@ -569,6 +574,20 @@ def tune(
 class _TuneReporter:
     def note(self, line: str) -> None:
         err.print(line, markup=False, highlight=False)
+
+
+def _bench_each_node(bundles: list[Path], cfg, address: str | None, each_node: bool, out_dir: Path) -> None:  # noqa: ANN001
+    """`bench --address A --each-node`: one result per node (bench-<node>.json) and the merged table."""
+    from optimize.bench import report
+    from optimize.bench.each_node import bench_each_node
+
+    if not (each_node and address):
+        raise InputError("--each-node and --address go together", "pass both: --address HOST:6379 --each-node")
+    results = bench_each_node(bundles, cfg, address)
+    for result in results:
+        written = report.write_all(result, out_dir, stem=f"bench-{result['fingerprint']['ray_node'][:8]}")
+        out.print(f"node {result['fingerprint']['ray_node'][:8]}: wrote {written['json']}", markup=False)
+    out.print(report.merge(results), markup=False)
 
 
 _signals_received: list[int] = []

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,40 +108,63 @@ class _TrialWorker:
         return run_trial(candidate, base, goal, timing, work_root, node=self.node)
 
 
-#: seconds a local runtime may take to come up. Ray waits 30 s for its raylet and the raylet 30 s
-#: for its metrics agent; on a loaded 2-core machine (load 15-20) both took longer, and a search
-#: that refused to start there would be worse than one that starts late
+#: seconds a local runtime may take to come up. Ray waits 30 s for its raylet to register, and the
+#: raylet 30 s for its metrics agent to write its port; on a loaded 2-core machine (load 15-30)
+#: both took longer and the raylet aborted, and a search that refused to start there would be
+#: worse than one that starts late
 STARTUP_PATIENCE_S = 240
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextlib.contextmanager
-def _patient_startup() -> Iterator[None]:
-    """Give a local runtime's startup STARTUP_PATIENCE_S: the raylet's wait for its agents through
-    Ray's own setting (RAY_agent_register_timeout_ms), and node.py's fixed 30 s wait for the raylet
-    to register by retrying the lookup it polls (ray._private.services.get_node) until then."""
+def patient_ray_startup() -> Iterator[None]:
+    """Ray nodes started inside get their agents' ports chosen up front (RayParams'
+    metrics_agent_port and runtime_env_agent_port, which the raylet then does not wait for), and
+    node.py's fixed 30 s wait for the raylet to register is stretched to STARTUP_PATIENCE_S by
+    retrying the lookup it polls (ray._private.services.get_node)."""
+    import ray._private.parameter as parameter
     import ray._private.services as services
 
-    os.environ.setdefault("RAY_agent_register_timeout_ms", str(STARTUP_PATIENCE_S * 1000))
-    original = services.get_node
+    original_lookup, original_init = services.get_node, parameter.RayParams.__init__
     deadline = time.monotonic() + STARTUP_PATIENCE_S
 
     def get_node(*args: Any, **kwargs: Any) -> Any:
         while True:
             try:
-                return original(*args, **kwargs)
+                return original_lookup(*args, **kwargs)
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
 
-    services.get_node = get_node
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if not self.metrics_agent_port:
+            self.metrics_agent_port = _free_port()
+        if not self.runtime_env_agent_port:
+            self.runtime_env_agent_port = _free_port()
+
+    services.get_node, parameter.RayParams.__init__ = get_node, init
     try:
         yield
     finally:
-        services.get_node = original
+        services.get_node, parameter.RayParams.__init__ = original_lookup, original_init
+
+
+def require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise InputError("optimize tune runs its trials on Ray, which is not installed here", "pip install 'optimize[ray]'") from None
 
 
 def start_ray(cluster: ClusterConfig) -> None:
+    require_ray()
     import ray
 
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
@@ -152,7 +176,7 @@ def start_ray(cluster: ClusterConfig) -> None:
                              "check --address (ray://host:10001 or host:6379), or drop it for a local runtime") from None
         return
     try:
-        with _patient_startup():
+        with patient_ray_startup():
             ray.init(num_cpus=cluster.local_cpus or os.cpu_count() or 1, **quiet)
     except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its processes do not come up
         if isinstance(exc, KeyboardInterrupt):
