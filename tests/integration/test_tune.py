@@ -129,3 +129,9 @@ def test_bad_tune_arguments_are_one_line_errors(args, says, tmp_path, capsys):
     assert code == 2, err
     assert err.startswith("error: ") and says in err and "\n" not in err
     assert not (tmp_path / "t").exists()
+
+
+def test_bench_each_node_needs_an_address(tmp_path, capsys):
+    code = main(["bench", str(tmp_path), "--each-node"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --each-node and --address go together; pass both: --address HOST:6379 --each-node"
