@@ -338,9 +338,10 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
             reporter.note(_summary(record))
             _write_frontier(cfg, store, output, space, out_of_time, nodes)
     except KeyboardInterrupt:
+        best_line = f"{output / BEST_FOLDER} holds the best so far (whole)" if (output / BEST_FOLDER).is_dir() else "no bundle was written"
         raise Interrupted(
             f"{INTERRUPTED.split(';')[0]}; {len(store.records)} finished trials kept in {store.path}, "
-            f"{output / BEST_FOLDER} holds the best so far (whole); run the same command to resume"
+            f"{best_line}; run the same command to resume"
         ) from None
     finally:
         if ray_started:
