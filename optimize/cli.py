@@ -419,6 +419,8 @@ def bench(
     block_runs: Annotated[int, typer.Option("--block-runs", help="Runs per block (the first 3 are dropped).")] = 12,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md and bench.png.")] = Path("bench-out"),
     merge_files: Annotated[Optional[list[Path]], typer.Option("--merge", help="Merge result JSONs from several machines into one table.")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="With --each-node: the Ray cluster to benchmark on.")] = None,
+    each_node: Annotated[bool, typer.Option("--each-node", help="Run the benchmark once on every node of the --address cluster and merge the tables (as --merge).")] = False,
 ) -> None:
     """Time bundles against PyTorch and ONNX Runtime's defaults: p50/p90/p99, throughput, memory, size."""
     from optimize.bench import report
@@ -441,6 +443,9 @@ def bench(
         rounds=rounds,
         block_runs=block_runs,
     )
+    if each_node or address:
+        _bench_each_node(list(bundles or []), cfg, address, each_node, out_dir)
+        return
     cells = len(cfg.batches) * len(cfg.seq_lens)
     written: dict[str, Path] = {}
     partial: dict = {}
@@ -465,6 +470,124 @@ def bench(
     for note in data["notes"]:
         out.print(f"note: {note}", markup=False)
     out.print(f"wrote {written['json']}, {written['markdown']}, {written['png']}", markup=False)
+
+
+def _float_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated numbers, got {text!r}", f"pass e.g. {flag} 0,0.1,0.3") from None
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="`bert` (the embedded default), a local Hugging Face folder, or a cached hub id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for trials.jsonl, frontier.md/png and best/ (the chosen bundle); run again to resume.")],
+    targets: Annotated[str, typer.Option("--targets", help="Targets to search, comma-separated (ort-int8, ort-fp32, ort-fp16).")] = "ort-int8,ort-fp32",
+    goal: Annotated[Optional[str], typer.Option("--goal", help="What the artifact must keep against the PyTorch model: cosine>=X[,agreement>=Y] (default cosine>=0.99).")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Classifiers: judge each trial on these labelled rows instead (CSV, TSV, JSON lines).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="With --eval-data: accuracy points a trial may lose.")] = 1.0,
+    text_column: Annotated[str, typer.Option("--text-column", help="The column of texts in --eval-data.")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column", help="The column of labels in --eval-data.")] = "label",
+    task: Annotated[Optional[str], typer.Option(help="The task (default: from the checkpoint's head).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="latency (speed ratio at --batch), throughput (the same at a larger batch, default 8) or size.")] = "latency",
+    prune: Annotated[str, typer.Option("--prune", help="Pruning fractions to search, comma-separated (0: no cut).")] = "0,0.1,0.2,0.3",
+    recover: Annotated[str, typer.Option("--recover", help="Recovery steps to search for cut candidates, comma-separated.")] = "0,400",
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Start at most this many new trials in this run.")] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="Minutes: no trial starts that is expected to end past this (0: no limit).")] = 40.0,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Batch every trial is timed at (default 1; 8 with --objective throughput).")] = None,
+    seq: Annotated[int, typer.Option("--seq", help="Sequence length every trial is timed at.")] = 128,
+    threads: Annotated[int, typer.Option("--threads", help="Threads every trial is timed with (ONNX Runtime and PyTorch alike).")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of alternating blocks per trial's timing.")] = 15,
+    address: Annotated[Optional[str], typer.Option("--address", help="A Ray cluster to join (default: a local Ray runtime started here).")] = None,
+    node_label: Annotated[Optional[list[str]], typer.Option("--node-label", help="KEY=VALUE: run trials (export and timing) only on nodes with this Ray label.")] = None,
+    node_resource: Annotated[Optional[str], typer.Option("--node-resource", help="Run trials only on nodes that offer this Ray custom resource (the hardware asked for).")] = None,
+    trial_cpus: Annotated[float, typer.Option("--trial-cpus", help="CPUs each node's trial worker asks Ray for.")] = 1.0,
+    trial_memory: Annotated[Optional[float], typer.Option("--trial-memory", help="GiB of memory each trial worker asks Ray for.")] = None,
+) -> None:
+    """Search target x pruning x recovery x int8 budget for the fastest artifact that meets the goal."""
+    from optimize.config import ExportConfig, ExportJob
+    from optimize.targets import TARGETS
+    from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune as run_tune
+    from optimize.tune.space import OBJECTIVES
+
+    parsed_goal = parse_goal(goal, eval_data, max_accuracy_drop, text_column, label_column)
+    if eval_data is not None:
+        from optimize.textdata import read_rows
+
+        read_rows(eval_data, text_column=text_column, label_column=label_column, flag="--eval-data")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}", f"choose one of: {', '.join(OBJECTIVES)}")
+    names = tuple(t.strip() for t in targets.split(",") if t.strip())
+    for name in names:
+        if name not in TARGETS:
+            raise InputError(f"unknown target {name!r}", f"choose from: {', '.join(TARGETS)}")
+    if not names:
+        raise InputError("--targets is empty", "pass e.g. --targets ort-int8,ort-fp32")
+    recovers = _float_list(recover, "--recover")
+    if any(r != int(r) for r in recovers):
+        raise InputError(f"--recover takes whole step counts, got {recover!r}", "pass e.g. --recover 0,400")
+    if trials is not None and trials < 1:
+        raise InputError(f"--trials must be at least 1, got {trials}", "pass e.g. --trials 8")
+    if threads < 1 or seq < 8 or rounds < 1 or (batch is not None and batch < 1):
+        raise InputError("--threads, --batch and --rounds must be at least 1 and --seq at least 8", "pass e.g. --batch 1 --seq 128 --threads 2")
+    labels = []
+    for item in node_label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--node-label takes KEY=VALUE, got {item!r}", "pass e.g. --node-label accelerator=avx512")
+        labels.append((key.strip(), value.strip()))
+    if trial_cpus <= 0:
+        raise InputError(f"--trial-cpus must be positive, got {trial_cpus}", "pass e.g. --trial-cpus 1")
+    seq_len = max(128, seq)
+    cfg = TuneConfig(
+        base=ExportJob(model=model, target="ort-fp32", output=output, export=ExportConfig(task=task or "", seq_len=seq_len)),
+        output=output,
+        goal=parsed_goal,
+        objective=objective,
+        targets=names,
+        prunes=_float_list(prune, "--prune"),
+        recovers=tuple(int(r) for r in recovers),
+        trials=trials,
+        time_limit_s=time_limit * 60.0 if time_limit > 0 else None,
+        timing=TimingConfig(batch=batch or (8 if objective == "throughput" else 1), seq_len=seq, threads=threads, rounds=rounds),
+        cluster=ClusterConfig(address=address, trial_cpus=trial_cpus, trial_memory_gb=trial_memory, node_labels=tuple(labels), node_resource=node_resource),
+    )
+    result = run_tune(cfg, _TuneReporter())
+    for decision in result.skipped:
+        out.print(f"not tried: {decision.candidate.label}: {decision.verdict}{': ' + decision.why if decision.why else ''}", markup=False)
+    best = result.best
+    if best is None:
+        out.print(f"best: none of {len(result.records)} trials met the goal ({parsed_goal.describe()})", markup=False)
+    else:
+        from optimize.tune.space import Candidate
+
+        out.print(
+            f"best: {Candidate.from_dict(best['candidate']).label}: {best['speedup']:.2f}x PyTorch eager ({best['p50_ms']:.2f} ms at batch "
+            f"{best['batch']}, sequence {best['seq_len']}, {best['threads']} threads), {best['size_bytes'] / 1e6:.1f} MB, accuracy figure "
+            f"{best['figures']['accuracy']:.4f} -> {Path(output) / 'best'}",
+            markup=False,
+        )
+    out.print(f"tune: {result.new_trials} new trials, {len(result.records)} in all, {result.seconds:.0f} s; wrote {result.frontier_md}, {result.frontier_png}", markup=False)
+
+
+class _TuneReporter:
+    def note(self, line: str) -> None:
+        err.print(line, markup=False, highlight=False)
+
+
+def _bench_each_node(bundles: list[Path], cfg, address: str | None, each_node: bool, out_dir: Path) -> None:  # noqa: ANN001
+    """`bench --address A --each-node`: one result per node (bench-<node>.json) and the merged table."""
+    from optimize.bench import report
+    from optimize.bench.each_node import bench_each_node
+
+    if not (each_node and address):
+        raise InputError("--each-node and --address go together", "pass both: --address HOST:6379 --each-node")
+    results = bench_each_node(bundles, cfg, address)
+    for result in results:
+        written = report.write_all(result, out_dir, stem=f"bench-{result['fingerprint']['ray_node'][:8]}")
+        out.print(f"node {result['fingerprint']['ray_node'][:8]}: wrote {written['json']}", markup=False)
+    out.print(report.merge(results), markup=False)
 
 
 _signals_received: list[int] = []

@@ -1,0 +1,68 @@
+"""``optimize bench --address ... --each-node``: the same benchmark once on every node of a Ray
+cluster, each node timing its own copy of the bundles, the results merged as ``--merge`` does."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from optimize.config import BenchConfig
+from optimize.errors import InputError
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _bench_here(bundles: list[tuple[str, dict[str, bytes]]], cfg: BenchConfig) -> dict[str, Any]:
+    """On the node: write the bundles to a temporary folder (their names kept), time them there."""
+    import tempfile
+
+    from optimize.bench.run import run_bench
+
+    with tempfile.TemporaryDirectory(prefix="optimize-bench-") as tmp:
+        paths = []
+        for name, files in bundles:
+            folder = Path(tmp) / name
+            for rel, data in files.items():
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder / rel).write_bytes(data)
+            paths.append(folder)
+        return run_bench(paths, cfg).as_dict()
+
+
+def bench_each_node(bundle_paths: list[Path], cfg: BenchConfig, address: str) -> list[dict[str, Any]]:
+    """One optimize-bench/1 result per live node, in node order. Nodes run at once: each is its own
+    machine; a node times one benchmark at a time (this call holds one CPU there for it)."""
+    from optimize.tune.runner import require_ray
+
+    require_ray()
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not bundle_paths:
+        raise InputError("no bundle given", "pass one or more bundle folders written by `optimize export`")
+    from optimize.bundle import read_bundle
+
+    shipped = [(read_bundle(p).path.name, _files(Path(p))) for p in bundle_paths]
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0][:200]}",
+                         "check --address (host:6379 or ray://host:10001)") from None
+    try:
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) >= 1]
+        if not nodes:
+            raise InputError(f"the Ray cluster at {address} has no live node with a CPU", "check it with `ray status`")
+        task = ray.remote(_bench_here)
+        refs = [task.options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(shipped, cfg) for node in nodes]
+        results = ray.get(refs)
+    finally:
+        ray.shutdown()
+    for node, result in zip(nodes, results):
+        # the merged table's columns are named by CPU: the node id tells apart nodes of one kind
+        result["fingerprint"] = {**result["fingerprint"], "ray_node": node, "cpu": f"{result['fingerprint']['cpu']} [node {node[:8]}]"}
+        result["config"] = {**result["config"], **dataclasses.asdict(cfg), "threads": result["config"]["threads"]}
+    return results

@@ -1,0 +1,137 @@
+"""optimize tune end to end on a tiny random BERT: real exports, real gates, real timing, on a
+local Ray runtime tune starts by itself and on a two-node local Ray cluster; resume after a
+cut-short run; the CLI's one-line refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from optimize.cli import main
+from optimize.config import ExportConfig, ExportJob, ParityConfig
+from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune
+from optimize.tune.space import Candidate
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def tiny_config(model: Path, output: Path, **changes) -> TuneConfig:
+    """Two targets, no cut (pruning is slow even on a tiny model), a short timing."""
+    base = ExportJob(
+        model=str(model), target="ort-fp32", output=output,
+        export=ExportConfig(seq_len=64, dynamic_probe_shapes=((1, 5), (3, 17))),
+        parity=ParityConfig(size=24, unseen_size=24, seq_len=64),
+    )
+    settings = dict(base=base, output=output, goal=parse_goal("cosine>=0.98"), targets=("ort-int8", "ort-fp32"), prunes=(0.0,), recovers=(0,),
+                    timing=TimingConfig(seq_len=32, rounds=2, block_runs=5), cluster=ClusterConfig(local_cpus=2))
+    settings.update(changes)
+    return TuneConfig(**settings)
+
+
+def lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def ray_down():
+    """Whatever a test does, Ray is shut down after it (tune shuts its own runtime down too)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_tune_on_a_local_runtime_resumes_without_redoing_a_trial(tiny_model_dir, tmp_path, ray_down):
+    out = tmp_path / "tune"
+    model = tiny_model_dir("bert")
+    first = tune(tiny_config(model, out, trials=1), Notes())  # cut short after one trial, as by Ctrl-C
+    assert first.new_trials == 1 and len(lines(out)) == 1
+    done_first = lines(out)[0]["key"]
+    assert done_first == Candidate("ort-int8", budget=0.98).key  # the fastest-expected candidate first
+
+    notes = Notes()
+    second = tune(tiny_config(model, out), notes)
+    keys = [r["key"] for r in lines(out)]
+    assert len(keys) == len(set(keys)), "a trial was run twice"
+    assert done_first in keys and second.new_trials == len(keys) - 1 >= 1
+    assert any("resuming: 1 finished trials" in line for line in notes.lines)
+    for r in lines(out):
+        assert r["status"] == "met", r
+        assert r["figures"]["cosine_mean"] >= 0.98 and r["speedup"] > 0 and r["size_bytes"] > 0 and r["node"]
+    best = second.best
+    assert best is not None and json.loads((out / "best.json").read_text())["key"] == best["key"]
+    manifest = json.loads((out / "best" / "manifest.json").read_text())
+    assert manifest["target"] == best["candidate"]["target"]
+    assert (out / "frontier.png").stat().st_size > 0
+    table = (out / "frontier.md").read_text()
+    assert "**best**" in table and "| yes |" in table
+    assert not (out / ".work").exists() and not list(out.glob(".best*"))  # no half-written bundle or trial left
+
+    third = tune(tiny_config(model, out), Notes())  # a finished search: nothing redone, Ray not even started
+    assert third.new_trials == 0 and third.nodes == [] and len(lines(out)) == len(keys)
+
+
+@pytest.mark.slow
+def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(tiny_model_dir, tmp_path, ray_down):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out = tmp_path / "tune"
+        # three candidates: two start at once, one on each node's worker
+        result = tune(tiny_config(tiny_model_dir("bert"), out, targets=("ort-int8", "ort-fp32", "ort-fp16"),
+                                  cluster=ClusterConfig(address=cluster.address)), Notes())
+        assert len(result.nodes) == 2
+        nodes = {r["node"] for r in lines(out)}
+        assert nodes == set(result.nodes), f"trials ran on {nodes}, workers on {result.nodes}"
+
+        # the chosen bundle benchmarked once on every node, the tables merged
+        code = main(["bench", str(out / "best"), "--address", cluster.address, "--each-node", "--seq", "16", "--rounds", "1",
+                     "--block-runs", "4", "--threads", "1", "--out", str(tmp_path / "bench")])
+        assert code == 0
+        per_node = sorted((tmp_path / "bench").glob("bench-*.json"))
+        assert len(per_node) == 2
+        assert {json.loads(p.read_text())["fingerprint"]["ray_node"] for p in per_node} == set(result.nodes)
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--goal", "cosine>0.99"], "cannot read goal"),
+        (["--targets", "ort-int9"], "unknown target 'ort-int9'"),
+        (["--targets", "trt-int8"], "tune cannot time target 'trt-int8'"),
+        (["--objective", "speed"], "unknown objective 'speed'"),
+        (["--prune", "0,x"], "--prune takes comma-separated numbers"),
+        (["--goal", "cosine>=0.99", "--eval-data", "rows.csv"], "--goal and --eval-data both given"),
+        (["--node-label", "gpu"], "--node-label takes KEY=VALUE"),
+    ],
+)
+def test_bad_tune_arguments_are_one_line_errors(args, says, tmp_path, capsys):
+    code = main(["tune", "bert", "--output", str(tmp_path / "t"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and says in err and "\n" not in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_bench_each_node_needs_an_address(tmp_path, capsys):
+    code = main(["bench", str(tmp_path), "--each-node"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --each-node and --address go together; pass both: --address HOST:6379 --each-node"
