@@ -122,7 +122,7 @@ class BundleService:
             "task": self.task,
             "target": manifest.get("target"),
             "runtime": manifest.get("runtime"),
-            "model": source.get("model") or source.get("name"),
+            "model": source.get("description") or source.get("reference"),
             "max_length": self.max_length,
             "routes": routes,
             "batching": {

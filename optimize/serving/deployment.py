@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -149,6 +150,29 @@ class Server:
                 ray.shutdown()
 
 
+def _init_ray(cfg: ServeConfig, num_cpus: int, attempts: int = 3) -> None:
+    """Start a local Ray runtime of our own ("local": never one someone else started with `ray
+    start`), sized so every replica fits, or join ``cfg.address``. Ray gives its node 30 s to
+    come up; on a machine busy enough to miss that, a fresh start usually makes it."""
+    import ray
+
+    # the raylet waits this long for its agent before giving up (Ray's default is tight on a loaded machine)
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+    for attempt in range(1, attempts + 1):
+        try:
+            if cfg.address is None:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception for a node that did not start
+            if ray.is_initialized():
+                ray.shutdown()
+            if cfg.address is not None or attempt == attempts or "timed out during startup" not in str(exc):
+                where = f"reach Ray at {cfg.address}" if cfg.address else "start a local Ray runtime"
+                raise BuildError(f"could not {where} ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})", "check --address, or drop it to start a local Ray; Ray's logs are under /tmp/ray") from None
+
+
 def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None] = lambda _: None) -> Server:
     """Start Ray (or join ``cfg.address``), deploy every bundle and wait until each answers."""
     planned = routes(bundles)
@@ -163,25 +187,13 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
-    try:
-        if cfg.address is None:
-            # a runtime of our own ("local": never someone else's from `ray start`), sized so every replica fits
-            ray.init(
-                address="local",
-                num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)),
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        else:
-            ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise BuildError(f"could not start or reach Ray ({' '.join(str(exc).split())[:200]})", "check --address, or drop it to start a local Ray") from None
+    _init_ray(cfg, num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
     server = Server(cfg, planned, owns_ray=cfg.address is None)
     try:
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request
         serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 30})
         server_class = _deployment()
+        apps: list[tuple[Route, Any]] = []
         for route in planned:
             options: dict[str, Any] = {
                 "name": route.name,
@@ -201,8 +213,12 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
             else:
                 options["num_replicas"] = cfg.replicas
             note(f"deploying {route.name} ({route.task}), {cfg.replicas} replica(s) of {threads} thread(s)")
-            app = server_class.options(**options).bind(str(route.bundle), route.prefixes, cfg, threads)
-            serve.run(app, name=route.name, route_prefix=route.route_prefix, blocking=False)
+            apps.append((route, server_class.options(**options).bind(str(route.bundle), route.prefixes, cfg, threads)))
+        if hasattr(serve, "run_many"):  # every bundle's replicas start at once (Ray >= 2.45)
+            serve.run_many([serve.RunTarget(app, name=route.name, route_prefix=route.route_prefix) for route, app in apps])
+        else:
+            for route, app in apps:
+                serve.run(app, name=route.name, route_prefix=route.route_prefix)
     except BaseException as exc:
         server.stop()
         if isinstance(exc, (KeyboardInterrupt, InputError, BuildError)):
@@ -211,9 +227,24 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     return server
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, so the server drains. Ray's
+    driver puts its own SIGTERM handler in place (it exits at once, leaving Ray's processes
+    behind), and a server started in the background by a shell inherits SIGINT ignored."""
+    from optimize.errors import TERMINATED, Terminated
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(TERMINATED)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def serve_forever(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None], ready: Callable[[Server], None]) -> None:
     """Start, report, then wait for Ctrl-C (or SIGTERM) and drain."""
+    _stop_on_signals()
     server = start(bundles, cfg, note)
+    _stop_on_signals()
     try:
         ready(server)
         while True:
