@@ -155,21 +155,20 @@ class DynamicBatcher:
             answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, [item.text for item in live])
             if len(answers) != len(live):
                 raise RuntimeError(f"the model gave {len(answers)} answers for {len(live)} texts")
-        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error, the loop goes on
+            if self.observer is not None:
+                self.observer.batch(len(live), len(live) * max(item.length for item in live), time.perf_counter() - started)
+            for item, answer in zip(live, answers):
+                request = item.request
+                if request.future.done():
+                    continue
+                request.results[item.index] = answer
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.future.set_result(request.results)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error (a 500), the loop goes on
             for item in live:
                 if not item.request.future.done():
                     item.request.future.set_exception(exc)
-            return
-        if self.observer is not None:
-            self.observer.batch(len(live), len(live) * max(item.length for item in live), time.perf_counter() - started)
-        for item, answer in zip(live, answers):
-            request = item.request
-            if request.future.done():
-                continue
-            request.results[item.index] = answer
-            request.remaining -= 1
-            if request.remaining == 0:
-                request.future.set_result(request.results)
 
     def _report_depth(self) -> None:
         if self.observer is not None:

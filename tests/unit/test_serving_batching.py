@@ -22,7 +22,8 @@ def test_plan_sorts_by_length_and_respects_size_and_token_budget():
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 128
-    assert [lengths[i] for i in batches[-1]] == [100]  # 64 and 100 together would pad to 200 tokens
+    # 4 texts exceed the size; 12+30+64 would pad to 192 tokens, 64+100 to 200
+    assert [[lengths[i] for i in b] for b in batches] == [[5, 5, 7], [12, 30], [64], [100]]
 
 
 def test_a_text_over_the_token_budget_runs_alone():
@@ -49,7 +50,8 @@ def test_concurrent_requests_share_batches_and_get_their_answers_in_order():
     recorder = Recorder()
     metrics = Metrics("b", "r")
     batcher = DynamicBatcher(recorder, BatchLimits(max_batch_size=4, max_batch_tokens=10_000, wait_ms=50), metrics)
-    requests = [[f"r{r}-t{t}" + "x" * ((r * 7 + t * 3) % 11) for t in range(r % 3 + 1)] for r in range(6)]
+    # within a request, later texts are shorter: sorting by length reverses them, and they come back in order
+    requests = [[f"r{r}-t{t}" + "x" * (r + 3 * (3 - t)) for t in range(r % 3 + 1)] for r in range(6)]
 
     async def main() -> list[list[str]]:
         return await asyncio.gather(*(batcher.submit(texts, [len(t) for t in texts]) for texts in requests))
