@@ -198,15 +198,15 @@ def test_concurrent_requests_are_batched_and_counted_in_metrics(embedder):
 
 
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tiny_bundle, tmp_path):
-    assert_one_line_error(run_cli("serve", str(tmp_path / "missing"), timeout=120), "does not exist", code=2)
+    assert_one_line_error(run_cli("serve", str(tmp_path / "missing"), timeout=600), "does not exist", code=2)
     _, token_bundle = tiny_bundle("token-classification")
-    assert_one_line_error(run_cli("serve", str(token_bundle), timeout=120), "token-classification", "does not serve", code=2)
+    assert_one_line_error(run_cli("serve", str(token_bundle), timeout=600), "token-classification", "does not serve", code=2)
     _, bundle = tiny_bundle("feature-extraction")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        assert_one_line_error(run_cli("serve", str(bundle), "--port", str(port), timeout=120), f"port {port}", "in use", code=2)
+        assert_one_line_error(run_cli("serve", str(bundle), "--port", str(port), timeout=600), f"port {port}", "in use", code=2)
 
 
 # --- `optimize serve` on Ray Serve, as a user starts it ---------------------------------------
