@@ -166,8 +166,7 @@ def _init_ray(cfg: ServeConfig, num_cpus: int, attempts: int = 3) -> None:
                 ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
             return
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception for a node that did not start
-            if ray.is_initialized():
-                ray.shutdown()
+            ray.shutdown()
             if cfg.address is not None or attempt == attempts or "timed out during startup" not in str(exc):
                 where = f"reach Ray at {cfg.address}" if cfg.address else "start a local Ray runtime"
                 raise BuildError(f"could not {where} ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})", "check --address, or drop it to start a local Ray; Ray's logs are under /tmp/ray") from None
@@ -187,7 +186,11 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
-    _init_ray(cfg, num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
+    try:
+        _init_ray(cfg, num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
+    except BaseException:
+        ray.shutdown()  # Ctrl-C half-way through ray.init: stop the processes it had started
+        raise
     server = Server(cfg, planned, owns_ray=cfg.address is None)
     try:
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request
