@@ -421,10 +421,16 @@ def bench(
     merge_files: Annotated[Optional[list[Path]], typer.Option("--merge", help="Merge result JSONs from several machines into one table.")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="With --each-node: the Ray cluster to benchmark on.")] = None,
     each_node: Annotated[bool, typer.Option("--each-node", help="Run the benchmark once on every node of the --address cluster and merge the tables (as --merge).")] = False,
+    serve_urls: Annotated[Optional[list[str]], typer.Option("--serve", help="Load-test a running `optimize serve` endpoint (repeat to compare endpoints) instead of timing bundles in-process.")] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="With --serve: concurrent clients, comma-separated.")] = "1,8,32",
+    duration: Annotated[float, typer.Option("--duration", help="With --serve: seconds of load per concurrency.")] = 30.0,
 ) -> None:
     """Time bundles against PyTorch and ONNX Runtime's defaults: p50/p90/p99, throughput, memory, size."""
     from optimize.bench import report
 
+    if serve_urls:
+        _bench_serve(serve_urls, concurrency, duration, batch, seq, real_length, out_dir)
+        return
     if merge_files:
         results = [report.load_result(p) for p in [*merge_files, *(bundles or [])]]
         out.print(report.merge(results), markup=False)
@@ -588,6 +594,68 @@ def _bench_each_node(bundles: list[Path], cfg, address: str | None, each_node: b
         written = report.write_all(result, out_dir, stem=f"bench-{result['fingerprint']['ray_node'][:8]}")
         out.print(f"node {result['fingerprint']['ray_node'][:8]}: wrote {written['json']}", markup=False)
     out.print(report.merge(results), markup=False)
+def _bench_serve(urls: list[str], concurrency: str, duration: float, batch: str, seq: str, real_length: bool, out_dir: Path) -> None:
+    """`optimize bench --serve URL`: the load test of optimize/serving/loadtest.py, same reports."""
+    from optimize.bench import report
+    from optimize.serving.loadtest import LoadConfig, run_load
+
+    cfg = LoadConfig(
+        urls=tuple(urls),
+        concurrency=_int_list(concurrency, "--concurrency"),
+        duration_s=duration,
+        texts_per_request=_int_list(batch, "--batch")[0],
+        real_length=real_length,
+        words=_int_list(seq, "--seq")[0],
+    )
+    written: dict[str, Path] = {}
+    with _progress() as progress:
+        progress.add_task(f"load-testing {', '.join(urls)}: {len(cfg.concurrency) * len(urls)} cells of {duration:g} s", total=None)
+        data = run_load(cfg, on_cell=lambda partial: written.update(report.write_all(partial, out_dir)))
+    written.update(report.write_all(data, out_dir))
+    out.print(report.terminal_table(data))
+    out.print(f"wrote {written['json']}, {written['markdown']}, {written['png']}", markup=False)
+
+
+@app.command()
+def serve(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folders to serve: embedding bundles answer /v1/embeddings and /embed, classifiers /predict.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option(help="Replicas per bundle.")] = 1,
+    max_replicas: Annotated[Optional[int], typer.Option("--max-replicas", help="Autoscale each bundle between --replicas and this many replicas by load.")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Most texts the model runs at once.")] = 32,
+    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Most padded tokens (texts x longest) per batch.")] = 8192,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="How long a text waits for others to share its batch.")] = 5.0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per replica (0: this machine's cores shared among the replicas).")] = 0,
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts one request may carry.")] = 512,
+    address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster to deploy onto (ray://host:10001 or host:6379); default: a local Ray started for this server.")] = None,
+) -> None:
+    """Serve bundles over HTTP with dynamic batching, on Ray Serve; Ctrl-C drains and stops."""
+    from optimize.serving.batching import BatchLimits
+    from optimize.serving.config import ServeConfig
+    from optimize.serving.deployment import serve_forever
+
+    cfg = ServeConfig(
+        host=host,
+        port=port,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        batching=BatchLimits(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, wait_ms=batch_wait_ms),
+        threads=threads,
+        max_texts=max_texts,
+        address=address,
+    )
+
+    def note(line: str) -> None:
+        err.print(line, markup=False, highlight=False)
+
+    def ready(server) -> None:  # noqa: ANN001
+        for route in server.routes:
+            paths = ["/v1/embeddings", "/embed"] if route.task in ("feature-extraction", "sentence-embedding") else ["/predict"]
+            out.print(f"serving {route.name} ({route.task}) at {route.url(cfg)}: POST {', '.join(paths)}; GET /health, /metrics, /info", markup=False)
+        out.print("press Ctrl-C to stop", markup=False)
+
+    serve_forever(list(bundles), cfg, note, ready)
 
 
 _signals_received: list[int] = []

@@ -39,7 +39,31 @@ def _row(cell: dict[str, Any]) -> list[str]:
     ]
 
 
+#: `optimize bench --serve`: a load test of an endpoint (config kind "serve")
+_SERVE_COLUMNS = ("endpoint", "clients", "texts/req", "seq", "p50 ms", "p90 ms", "p99 ms", "seq/s", "req/s", "errors", "vs first")
+
+
+def _serve_row(cell: dict[str, Any]) -> list[str]:
+    seq = f"{cell['seq_len']}" + (" (real)" if cell["mode"] == "real-length" else " words")
+    speed = f"{cell['speedup']:.2f}x" if cell.get("speedup") else "-"
+    return [
+        cell["engine"], str(cell["concurrency"]), str(cell["batch"]), seq, f"{cell['p50_ms']:.1f}", f"{cell['p90_ms']:.1f}",
+        f"{cell['p99_ms']:.1f}", f"{cell['throughput']:.1f}", f"{cell['requests_per_s']:.1f}", f"{cell['errors']}/{cell['requests']}", speed,
+    ]
+
+
+def _is_serve(result: dict[str, Any]) -> bool:
+    return result.get("config", {}).get("kind") == "serve"
+
+
 def terminal_table(result: dict[str, Any]) -> Table:
+    if _is_serve(result):
+        table = Table(title=f"load test, client on {one_line(result['fingerprint'])}", show_edge=False)
+        for column in _SERVE_COLUMNS:
+            table.add_column(column, justify="left" if column == "endpoint" else "right")
+        for cell in result["cells"]:
+            table.add_row(*_serve_row(cell))
+        return table
     table = Table(title=one_line(result["fingerprint"]) + f", {result['config']['threads']} threads", show_edge=False)
     for column in _COLUMNS:
         table.add_column(column, justify="left" if column == "engine" else "right")
@@ -49,6 +73,18 @@ def terminal_table(result: dict[str, Any]) -> Table:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    if _is_serve(result):
+        config = result["config"]
+        lines = [
+            f"Load test of {', '.join(config['urls'])} from a client on {one_line(result['fingerprint'])}: "
+            f"closed-loop clients, {config['duration_s']:g} s per cell after {config['warmup_s']:g} s of warm-up.",
+            "",
+            "| " + " | ".join(_SERVE_COLUMNS) + " |",
+            "|" + "---|" * len(_SERVE_COLUMNS),
+        ]
+        lines += ["| " + " | ".join(_serve_row(c)) + " |" for c in result["cells"]]
+        lines += [f"\nNote: {note}" for note in result.get("notes", [])]
+        return "\n".join(lines) + "\n"
     lines = [
         f"Measured on {one_line(result['fingerprint'])}, {result['config']['threads']} threads; "
         f"{result['config']['rounds']} rounds of alternating blocks of {result['config']['block_runs']} runs "
@@ -70,6 +106,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = result["cells"]
+    if _is_serve(result):
+        _plot_serve(result, path)
+        return
     shapes = list(dict.fromkeys((c["batch"], c["seq_len"], c["mode"]) for c in cells))
     engines = list(dict.fromkeys(c["engine"] for c in cells))
     width = 0.8 / max(len(engines), 1)
@@ -83,6 +122,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axis.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(shapes))])
     axis.set_xticklabels([f"b{b} s{s}" + (" real" if m == "real-length" else "") for b, s, m in shapes])
     axis.set_ylabel("p50 latency (ms), lower is better")
+    axis.set_title(one_line(result["fingerprint"]), fontsize=8)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_serve(result: dict[str, Any], path: Path) -> None:
+    """Throughput against concurrency, one line per endpoint."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for engine in dict.fromkeys(c["engine"] for c in result["cells"]):
+        points = sorted((c["concurrency"], c["throughput"]) for c in result["cells"] if c["engine"] == engine)
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=engine)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent clients")
+    axis.set_ylabel("texts per second, higher is better")
     axis.set_title(one_line(result["fingerprint"]), fontsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
