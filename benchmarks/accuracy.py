@@ -176,7 +176,7 @@ def bundle_facts(bundle: Path) -> dict:
 
 
 def evaluate(bundle: Path, test: Path) -> dict:
-    report = bundle.with_suffix(".eval.json")
+    report = bundle.parent / f"{bundle.name}.eval.json"  # not with_suffix: "int8-prune0.5" has the suffix ".5"
     if not report.is_file():
         done = optimize("eval", str(bundle), "--data", str(test), "--json", str(report))
         if done.returncode != 0:

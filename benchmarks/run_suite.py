@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     accuracy = None
     if args.accuracy:
         accuracy = json.loads(args.accuracy.read_text())
+        left_out.append(f"--accuracy: the accuracy table is not from this run but from {args.accuracy}, written earlier by "
+                        "`python benchmarks/accuracy.py --json` (its exports, evaluations and one bench run of its own)")
     elif args.quick or args.skip_accuracy:
         left_out.append(f"{'--quick' if args.quick else '--skip-accuracy'}: the accuracy suite")
     else:
