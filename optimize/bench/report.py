@@ -17,6 +17,7 @@ the median over rounds of the ratio of block medians measured in the same round.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ def terminal_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _markdown_table(columns: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def markdown(result: dict[str, Any]) -> str:
     if _is_serve(result):
         config = result["config"]
@@ -79,10 +84,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"Load test of {', '.join(config['urls'])} from a client on {one_line(result['fingerprint'])}: "
             f"closed-loop clients, {config['duration_s']:g} s per cell after {config['warmup_s']:g} s of warm-up.",
             "",
-            "| " + " | ".join(_SERVE_COLUMNS) + " |",
-            "|" + "---|" * len(_SERVE_COLUMNS),
+            *_markdown_table(_SERVE_COLUMNS, [_serve_row(c) for c in result["cells"]]),
         ]
-        lines += ["| " + " | ".join(_serve_row(c)) + " |" for c in result["cells"]]
         lines += [f"\nNote: {note}" for note in result.get("notes", [])]
         return "\n".join(lines) + "\n"
     lines = [
@@ -90,10 +93,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['config']['rounds']} rounds of alternating blocks of {result['config']['block_runs']} runs "
         f"(first {result['config']['dropped_per_block']} of each block dropped).",
         "",
-        "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
+        *_markdown_table(_COLUMNS, [_row(c) for c in result["cells"]]),
     ]
-    lines += ["| " + " | ".join(_row(c)) + " |" for c in result["cells"]]
     for note in result.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
