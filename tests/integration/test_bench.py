@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli_helpers import optimize
 
 
+@pytest.mark.slow  # the quick subset (-m 'not slow') stays under 5 minutes; the full suite runs it
 def test_bench_prints_percentiles_with_a_pytorch_column_and_writes_files(tiny_model_dir, tmp_path):
     bundle = tmp_path / "tiny"
     done = optimize("export", str(tiny_model_dir("bert")), "--output", str(bundle), "--no-speed", "--seq-len", "64", "--parity-size", "16")

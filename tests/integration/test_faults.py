@@ -71,6 +71,7 @@ def _freeze(process: subprocess.Popen) -> None:
     assert os.WIFSTOPPED(status), status
 
 
+@pytest.mark.slow  # the quick subset (-m 'not slow') stays under 5 minutes; the full suite runs it
 @pytest.mark.parametrize(
     ("sig", "when"),
     [

@@ -187,6 +187,7 @@ def test_run_answers_questions_and_embeds(tiny_bundle):
     assert len(json.loads(done.stdout)["embedding"]) == 64
 
 
+@pytest.mark.slow  # the quick subset (-m 'not slow') stays under 5 minutes; the full suite runs it
 def test_run_refuses_bad_input_in_one_line(tiny_bundle, tmp_path):
     _, bundle = tiny_bundle("text-classification")
     empty = tmp_path / "empty.txt"

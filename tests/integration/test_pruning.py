@@ -119,7 +119,7 @@ def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, 
     assert similarity["after_recovery"]["cosine_mean"] > similarity["after_reconstruction"]["cosine_mean"]
 
 
-@pytest.mark.parametrize("target", ["ort-fp32", pytest.param("ort-int8", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) for t in ("ort-fp32", "ort-int8")])
 def test_pruned_export_has_smaller_matrices_and_a_manifest(target, tiny_model_dir, quick_job, tmp_path):
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out", target=target)
     job = dataclasses.replace(job, prune=PruneConfig(fraction=0.3), calibration=CalibrationConfig(size=48, seq_len=64))

@@ -54,7 +54,7 @@ def _session_of(model) -> ort.InferenceSession:  # noqa: ANN001
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("target", ["ort-fp32", pytest.param("ort-int8", marks=pytest.mark.slow), pytest.param("ort-fp16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) for t in ("ort-fp32", "ort-int8", "ort-fp16")])
 def test_raw_text_bundle_matches_the_tokenized_bundle(tiny_bundle, tmp_path, target):
     source, tokenized = tiny_bundle("feature-extraction")
     if target != "ort-fp32":  # the tokenized bundle of the same target to hold it against

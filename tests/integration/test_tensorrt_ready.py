@@ -170,6 +170,7 @@ def test_build_refuses_cleanly_without_tensorrt(trt_bundles, tmp_path):
 
 
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT is available here")
+@pytest.mark.slow  # the quick subset (-m 'not slow') stays under 5 minutes; the full suite runs it
 def test_export_says_the_engine_was_not_built(tiny_model_dir, tmp_path):
     result = optimize(
         "export", str(tiny_model_dir("bert")), "--target", "trt-fp16", "--output", str(tmp_path / "b"),
