@@ -123,6 +123,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axis.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(shapes))])
     axis.set_xticklabels([f"b{b} s{s}" + (" real" if m == "real-length" else "") for b, s, m in shapes])
     axis.set_ylabel("p50 latency (ms), lower is better")
+    _save_figure(figure, axis, result, path)
+
+
+def _save_figure(figure: Any, axis: Any, result: dict[str, Any], path: Path) -> None:
+    """The machine as the title, the legend, and the PNG written and closed: every bench plot ends so."""
+    import matplotlib.pyplot as plt
+
     axis.set_title(one_line(result["fingerprint"]), fontsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -141,11 +148,7 @@ def _plot_serve(result: dict[str, Any], path: Path) -> None:
     axis.set_xscale("log", base=2)
     axis.set_xlabel("concurrent clients")
     axis.set_ylabel("texts per second, higher is better")
-    axis.set_title(one_line(result["fingerprint"]), fontsize=8)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, axis, result, path)
 
 
 def write_all(result: dict[str, Any], folder: Path, stem: str = "bench") -> dict[str, Path]:
