@@ -129,6 +129,7 @@ class BundleService:
                 "max_batch_size": self.limits.max_batch_size,
                 "max_batch_tokens": self.limits.max_batch_tokens,
                 "batch_wait_ms": self.limits.wait_ms,
+                "max_padding": self.limits.max_padding,
                 "max_texts_per_request": self.max_texts,
             },
             "replica": {"name": self.replica, "pid": os.getpid(), "threads": self.threads},

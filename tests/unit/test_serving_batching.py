@@ -15,7 +15,7 @@ from optimize.serving.metrics import Metrics
 
 def test_plan_sorts_by_length_and_respects_size_and_token_budget():
     lengths = [30, 5, 12, 5, 100, 7, 64]
-    batches = plan(lengths, BatchLimits(max_batch_size=3, max_batch_tokens=128))
+    batches = plan(lengths, BatchLimits(max_batch_size=3, max_batch_tokens=128, max_padding=float("inf")))
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(lengths)  # sorted by length across batches
@@ -24,6 +24,18 @@ def test_plan_sorts_by_length_and_respects_size_and_token_budget():
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 128
     # 4 texts exceed the size; 12+30+64 would pad to 192 tokens, 64+100 to 200
     assert [[lengths[i] for i in b] for b in batches] == [[5, 5, 7], [12, 30], [64], [100]]
+
+
+def test_plan_keeps_texts_of_unlike_length_apart():
+    # one long text among short ones: padded with them it would cost 5 x 200 tokens for 240 real
+    lengths = [10, 200, 9, 11, 10]
+    batches = plan(lengths, BatchLimits(max_batch_size=32, max_batch_tokens=8192, max_padding=0.25))
+    assert [[lengths[i] for i in b] for b in batches] == [[9, 10, 10, 11], [200]]
+    for batch in batches:
+        real = sum(lengths[i] for i in batch)
+        assert len(batch) * max(lengths[i] for i in batch) <= 1.25 * real
+    # 0 allows no padding at all: only texts of equal length share a batch
+    assert [[lengths[i] for i in b] for b in plan(lengths, BatchLimits(max_padding=0))] == [[9], [10, 10], [11], [200]]
 
 
 def test_a_text_over_the_token_budget_runs_alone():
@@ -35,6 +47,8 @@ def test_limits_refuse_nonsense():
         BatchLimits(max_batch_size=0)
     with pytest.raises(InputError, match="batch-wait-ms"):
         BatchLimits(wait_ms=-1)
+    with pytest.raises(InputError, match="max-padding"):
+        BatchLimits(max_padding=-0.1)
 
 
 class Recorder:
@@ -49,7 +63,7 @@ class Recorder:
 def test_concurrent_requests_share_batches_and_get_their_answers_in_order():
     recorder = Recorder()
     metrics = Metrics("b", "r")
-    batcher = DynamicBatcher(recorder, BatchLimits(max_batch_size=4, max_batch_tokens=10_000, wait_ms=50), metrics)
+    batcher = DynamicBatcher(recorder, BatchLimits(max_batch_size=4, max_batch_tokens=10_000, wait_ms=50, max_padding=float("inf")), metrics)
     # within a request, later texts are shorter: sorting by length reverses them, and they come back in order
     requests = [[f"r{r}-t{t}" + "x" * (r + 3 * (3 - t)) for t in range(r % 3 + 1)] for r in range(6)]
 
