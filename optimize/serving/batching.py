@@ -44,7 +44,7 @@ class BatchLimits:
             raise InputError(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}", "pass e.g. --max-batch-tokens 8192")
         if self.wait_ms < 0:
             raise InputError(f"--batch-wait-ms must be 0 or more, got {self.wait_ms}", "pass e.g. --batch-wait-ms 5")
-        if self.max_padding < 0:
+        if not self.max_padding >= 0:  # NaN too
             raise InputError(f"--max-padding must be 0 or more, got {self.max_padding}", "pass e.g. --max-padding 0.25")
 
 

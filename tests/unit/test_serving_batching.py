@@ -49,6 +49,8 @@ def test_limits_refuse_nonsense():
         BatchLimits(wait_ms=-1)
     with pytest.raises(InputError, match="max-padding"):
         BatchLimits(max_padding=-0.1)
+    with pytest.raises(InputError, match="max-padding"):
+        BatchLimits(max_padding=float("nan"))
 
 
 class Recorder:
