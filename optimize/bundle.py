@@ -190,6 +190,20 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path: a bundle as plain data, to ship between
+    Ray nodes (tune's trials back to the driver, bench --each-node out to each node)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_folder_bytes(folder: Path, files: dict[str, bytes]) -> None:
+    """The inverse of ``folder_bytes``: write each file under ``folder``."""
+    for name, data in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
 @dataclass(frozen=True)
 class Bundle:
     path: Path

@@ -513,7 +513,7 @@ def tune(
 ) -> None:
     """Search target x pruning x recovery x int8 budget for the fastest artifact that meets the goal."""
     from optimize.config import ExportConfig, ExportJob
-    from optimize.targets import TARGETS
+    from optimize.targets import get_target
     from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune as run_tune
     from optimize.tune.space import OBJECTIVES
 
@@ -526,8 +526,7 @@ def tune(
         raise InputError(f"unknown objective {objective!r}", f"choose one of: {', '.join(OBJECTIVES)}")
     names = tuple(t.strip() for t in targets.split(",") if t.strip())
     for name in names:
-        if name not in TARGETS:
-            raise InputError(f"unknown target {name!r}", f"choose from: {', '.join(TARGETS)}")
+        get_target(name)  # an unknown name is an InputError that suggests the nearest one
     if not names:
         raise InputError("--targets is empty", "pass e.g. --targets ort-int8,ort-fp32")
     recovers = _float_list(recover, "--recover")
@@ -561,7 +560,7 @@ def tune(
     )
     result = run_tune(cfg, _TuneReporter())
     for decision in result.skipped:
-        out.print(f"not tried: {decision.candidate.label}: {decision.verdict}{': ' + decision.why if decision.why else ''}", markup=False)
+        out.print(f"not tried: {decision.describe()}", markup=False)
     best = result.best
     if best is None:
         out.print(f"best: none of {len(result.records)} trials met the goal ({parsed_goal.describe()})", markup=False)

@@ -8,12 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from optimize.bundle import folder_bytes, read_bundle, write_folder_bytes
 from optimize.config import BenchConfig
 from optimize.errors import InputError
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _bench_here(bundles: list[tuple[str, dict[str, bytes]]], cfg: BenchConfig) -> dict[str, Any]:
@@ -23,14 +20,9 @@ def _bench_here(bundles: list[tuple[str, dict[str, bytes]]], cfg: BenchConfig) -
     from optimize.bench.run import run_bench
 
     with tempfile.TemporaryDirectory(prefix="optimize-bench-") as tmp:
-        paths = []
         for name, files in bundles:
-            folder = Path(tmp) / name
-            for rel, data in files.items():
-                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                (folder / rel).write_bytes(data)
-            paths.append(folder)
-        return run_bench(paths, cfg).as_dict()
+            write_folder_bytes(Path(tmp) / name, files)
+        return run_bench([Path(tmp) / name for name, _ in bundles], cfg).as_dict()
 
 
 def bench_each_node(bundle_paths: list[Path], cfg: BenchConfig, address: str) -> list[dict[str, Any]]:
@@ -44,9 +36,7 @@ def bench_each_node(bundle_paths: list[Path], cfg: BenchConfig, address: str) ->
 
     if not bundle_paths:
         raise InputError("no bundle given", "pass one or more bundle folders written by `optimize export`")
-    from optimize.bundle import read_bundle
-
-    shipped = [(read_bundle(p).path.name, _files(Path(p))) for p in bundle_paths]
+    shipped = [(read_bundle(p).path.name, folder_bytes(Path(p))) for p in bundle_paths]
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -73,7 +73,7 @@ def terminal_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _markdown_table(columns: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+def markdown_table(columns: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *("| " + " | ".join(row) + " |" for row in rows)]
 
 
@@ -84,7 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"Load test of {', '.join(config['urls'])} from a client on {one_line(result['fingerprint'])}: "
             f"closed-loop clients, {config['duration_s']:g} s per cell after {config['warmup_s']:g} s of warm-up.",
             "",
-            *_markdown_table(_SERVE_COLUMNS, [_serve_row(c) for c in result["cells"]]),
+            *markdown_table(_SERVE_COLUMNS, [_serve_row(c) for c in result["cells"]]),
         ]
         lines += [f"\nNote: {note}" for note in result.get("notes", [])]
         return "\n".join(lines) + "\n"
@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['config']['rounds']} rounds of alternating blocks of {result['config']['block_runs']} runs "
         f"(first {result['config']['dropped_per_block']} of each block dropped).",
         "",
-        *_markdown_table(_COLUMNS, [_row(c) for c in result["cells"]]),
+        *markdown_table(_COLUMNS, [_row(c) for c in result["cells"]]),
     ]
     for note in result.get("notes", []):
         lines.append(f"\nNote: {note}")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from optimize.bench.report import markdown_table
 from optimize.tune.space import Candidate, Decision, best_record, met, score
 
 
@@ -29,6 +30,21 @@ def _fmt(value: Any, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
+_COLUMNS = ("trial", "status", "cosine mean", "cosine min", "agreement", "unseen cosine", "acc. drop", "vs PyTorch", "p50 ms", "MB", "s", "node", "Pareto")
+
+
+def _row(r: Mapping[str, Any], on_front: bool) -> list[str]:
+    f = r.get("figures") or {}
+    return [
+        Candidate.from_dict(r["candidate"]).label, r["status"],
+        _fmt(f.get("cosine_mean"), ".5f"), _fmt(f.get("cosine_min"), ".4f"), _fmt(f.get("agreement"), ".3f"),
+        _fmt(f.get("unseen_cosine_mean"), ".5f"), _fmt(f.get("accuracy_drop"), "+.2f"),
+        _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""), _fmt(r.get("p50_ms"), ".2f"),
+        _fmt(r["size_bytes"] / 1e6 if r.get("size_bytes") else None, ".1f"), _fmt(r.get("seconds"), ".0f"),
+        str(r.get("node", ""))[:8], "yes" if on_front else "",
+    ]
+
+
 def markdown(records: Sequence[Mapping[str, Any]], objective: str, goal: str, skipped: Sequence[Decision], header: Sequence[str]) -> str:
     front = {r["key"] for r in pareto(records, objective)}
     best = best_record(records, objective)
@@ -40,25 +56,15 @@ def markdown(records: Sequence[Mapping[str, Any]], objective: str, goal: str, sk
         )
     else:
         lines.append("**best**: none: no trial met the goal")
-    lines += ["", "| trial | status | cosine mean | cosine min | agreement | unseen cosine | acc. drop | vs PyTorch | p50 ms | MB | s | node | Pareto |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        f = r.get("figures") or {}
-        lines.append("| " + " | ".join([
-            Candidate.from_dict(r["candidate"]).label, r["status"],
-            _fmt(f.get("cosine_mean"), ".5f"), _fmt(f.get("cosine_min"), ".4f"), _fmt(f.get("agreement"), ".3f"),
-            _fmt(f.get("unseen_cosine_mean"), ".5f"), _fmt(f.get("accuracy_drop"), "+.2f"),
-            _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""), _fmt(r.get("p50_ms"), ".2f"),
-            _fmt(r["size_bytes"] / 1e6 if r.get("size_bytes") else None, ".1f"), _fmt(r.get("seconds"), ".0f"),
-            str(r.get("node", ""))[:8], "yes" if r["key"] in front else "",
-        ]) + " |")
+    lines.append("")
+    lines += markdown_table(_COLUMNS, [_row(r, r["key"] in front) for r in records])
     misses = [r for r in records if r["status"] != "met" and r.get("error")]
     if misses:
         lines += ["", "Why trials missed:", ""]
         lines += [f"- {Candidate.from_dict(r['candidate']).label}: {r['error']}" for r in misses]
     if skipped:
         lines += ["", "Not tried:", ""]
-        lines += [f"- {d.candidate.label}: {d.verdict}{': ' + d.why if d.why else ''}" for d in skipped]
+        lines += [f"- {d.describe()}" for d in skipped]
     return "\n".join(lines) + "\n"
 
 

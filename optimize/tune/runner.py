@@ -254,10 +254,7 @@ def _summary(record: dict[str, Any]) -> str:
 def _write_best(output: Path, record: dict[str, Any], files: dict[str, bytes]) -> None:
     """The new best bundle, staged beside DIR/best and swapped in whole (optimize/bundle.py)."""
     with bundles.staged(output / BEST_FOLDER, force=True) as staging:
-        for name, data in files.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+        bundles.write_folder_bytes(staging, files)
     tmp = output / f".{BEST_RECORD}.tmp"
     tmp.write_text(json.dumps({k: v for k, v in record.items() if k != "context"}, indent=2, sort_keys=True) + "\n")
     tmp.replace(output / BEST_RECORD)

@@ -171,6 +171,10 @@ class Decision:
     verdict: str  # "run" | "done" | "dominated" | "cannot-beat" | "in-flight"
     why: str = ""
 
+    def describe(self) -> str:
+        """One line: the candidate, the verdict and why (tune's output and frontier.md alike)."""
+        return f"{self.candidate.label}: {self.verdict}{': ' + self.why if self.why else ''}"
+
 
 def decide(space: list[Candidate], records: Mapping[str, Mapping[str, Any]], objective: str,
            in_flight: Iterable[str] = ()) -> list[Decision]:

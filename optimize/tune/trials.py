@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimize.bundle import folder_bytes
 from optimize.config import BenchConfig, ExportJob
 from optimize.errors import Interrupted, OptimizeError, ParityError
 from optimize.tune.goal import Goal
@@ -107,10 +108,6 @@ def time_bundle(bundle: Path, timing: TimingConfig) -> dict[str, Any]:
             "pytorch_p50_ms": reference.p50_ms, "batch": cell.batch, "seq_len": cell.seq_len, "threads": result.config["threads"]}
 
 
-def read_files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def run_trial(candidate: Candidate, base: ExportJob, goal: Goal, timing: TimingConfig, work_root: Path,
               node: str = "") -> tuple[dict[str, Any], dict[str, bytes] | None]:
     """Export, gate, time. Returns (record, bundle files when the goal was met).
@@ -142,7 +139,7 @@ def run_trial(candidate: Candidate, base: ExportJob, goal: Goal, timing: TimingC
         else:
             record.update(time_bundle(outcome.output, timing))
             record["status"] = "met"
-            files = read_files(outcome.output)
+            files = folder_bytes(outcome.output)
     except ParityError as exc:
         record["status"] = "missed"
         record["error"] = exc.one_line()
