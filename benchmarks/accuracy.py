@@ -219,7 +219,9 @@ def plot(rows: dict[str, dict], source_accuracy: float, path: Path) -> None:
         if row.get("speedup") is None:
             continue
         precision, recovery = _series(name)
-        for key in {(precision, recovery), (precision, "not recovered"), (precision, "recovered")} if "prune" not in name else {(precision, recovery)}:
+        # the unpruned point is where both of its precision's lines start
+        keys = [(precision, "not recovered"), (precision, "recovered")] if "prune" not in name else [(precision, recovery)]
+        for key in keys:
             series.setdefault(key, []).append((row["speedup"], row["accuracy"] * 100, name))
     for (precision, recovery), points in sorted(series.items()):
         points.sort()
