@@ -4,10 +4,10 @@ cluster, each node timing its own copy of the bundles, the results merged as ``-
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
+from optimize import ray_runtime
 from optimize.bundle import folder_bytes, read_bundle, write_folder_bytes
 from optimize.config import BenchConfig
 from optimize.errors import InputError
@@ -28,22 +28,15 @@ def _bench_here(bundles: list[tuple[str, dict[str, bytes]]], cfg: BenchConfig) -
 def bench_each_node(bundle_paths: list[Path], cfg: BenchConfig, address: str) -> list[dict[str, Any]]:
     """One optimize-bench/1 result per live node, in node order. Nodes run at once: each is its own
     machine; a node times one benchmark at a time (this call holds one CPU there for it)."""
-    from optimize.tune.runner import require_ray
-
-    require_ray()
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     if not bundle_paths:
         raise InputError("no bundle given", "pass one or more bundle folders written by `optimize export`")
     shipped = [(read_bundle(p).path.name, folder_bytes(Path(p))) for p in bundle_paths]
+    ray_runtime.join("optimize bench --each-node", address, or_local=False)
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise InputError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0][:200]}",
-                         "check --address (host:6379 or ray://host:10001)") from None
-    try:
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) >= 1]
+        nodes = ray_runtime.nodes_with(min_cpus=1)
         if not nodes:
             raise InputError(f"the Ray cluster at {address} has no live node with a CPU", "check it with `ray status`")
         task = ray.remote(_bench_here)

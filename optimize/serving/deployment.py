@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimize import ray_runtime
 from optimize.errors import BuildError, InputError
 from optimize.serving.config import ServeConfig
 
@@ -150,28 +151,6 @@ class Server:
                 ray.shutdown()
 
 
-def _init_ray(cfg: ServeConfig, num_cpus: int, attempts: int = 3) -> None:
-    """Start a local Ray runtime of our own ("local": never one someone else started with `ray
-    start`), sized so every replica fits, or join ``cfg.address``. Ray gives its node 30 s to
-    come up; on a machine busy enough to miss that, a fresh start usually makes it."""
-    import ray
-
-    # the raylet waits this long for its agent before giving up (Ray's default is tight on a loaded machine)
-    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
-    for attempt in range(1, attempts + 1):
-        try:
-            if cfg.address is None:
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            else:
-                ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception for a node that did not start
-            ray.shutdown()
-            if cfg.address is not None or attempt == attempts or "timed out during startup" not in str(exc):
-                where = f"reach Ray at {cfg.address}" if cfg.address else "start a local Ray runtime"
-                raise BuildError(f"could not {where} ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})", "check --address, or drop it to start a local Ray; Ray's logs are under /tmp/ray") from None
-
-
 def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None] = lambda _: None) -> Server:
     """Start Ray (or join ``cfg.address``), deploy every bundle and wait until each answers."""
     planned = routes(bundles)
@@ -181,16 +160,14 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     replica_cpus = cfg.replica_cpus if cfg.replica_cpus is not None else float(threads)
     most = (cfg.max_replicas or cfg.replicas) * len(planned)
 
-    import ray
+    note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
+    if cfg.address is None:
+        ray_runtime.start_local("optimize serve", num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
+    else:
+        ray_runtime.join("optimize serve", cfg.address, or_local=True)
+    _stop_on_signals()  # ray.init put its own SIGTERM handler (exit at once) in place of ours
     from ray import serve
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
-    try:
-        _init_ray(cfg, num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
-    except BaseException:
-        ray.shutdown()  # Ctrl-C half-way through ray.init: stop the processes it had started
-        raise
     server = Server(cfg, planned, owns_ray=cfg.address is None)
     try:
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request
@@ -234,7 +211,12 @@ def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, so the server drains. Ray's
     driver puts its own SIGTERM handler in place (it exits at once, leaving Ray's processes
     behind), and a server started in the background by a shell inherits SIGINT ignored."""
+    import threading
+
     from optimize.errors import TERMINATED, Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers (start() called from a library user's thread)
 
     def terminated(signum: int, frame: object) -> None:
         raise Terminated(TERMINATED)

@@ -9,25 +9,31 @@ has the CPUs a trial asks for."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
-import socket
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optimize import bundle as bundles
+from optimize import ray_runtime
 from optimize.config import ExportJob
-from optimize.errors import INTERRUPTED, BuildError, InputError, Interrupted
+from optimize.errors import INTERRUPTED, InputError, Interrupted
 from optimize.tune import frontier
 from optimize.tune.goal import Goal
-from optimize.tune.space import DEFAULT_PRUNE, DEFAULT_RECOVER, DEFAULT_TARGETS, Candidate, Decision, best_record, build_space, decide
+from optimize.tune.space import (
+    DEFAULT_PRUNE,
+    DEFAULT_RECOVER,
+    DEFAULT_TARGETS,
+    Candidate,
+    Decision,
+    best_record,
+    build_space,
+    decide,
+)
 from optimize.tune.store import TrialStore
 from optimize.tune.trials import TimingConfig, run_trial
 
@@ -108,100 +114,16 @@ class _TrialWorker:
         return run_trial(candidate, base, goal, timing, work_root, node=self.node)
 
 
-#: seconds a local runtime may take to come up. Ray waits 30 s for its raylet to register, and the
-#: raylet 30 s for its metrics agent to write its port; on a loaded 2-core machine (load 15-30)
-#: both took longer and the raylet aborted, and a search that refused to start there would be
-#: worse than one that starts late
-STARTUP_PATIENCE_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def patient_ray_startup() -> Iterator[None]:
-    """Ray nodes started inside get their agents' ports chosen up front (RayParams'
-    metrics_agent_port and runtime_env_agent_port, which the raylet then does not wait for), and
-    node.py's fixed 30 s wait for the raylet to register is stretched to STARTUP_PATIENCE_S by
-    retrying the lookup it polls (ray._private.services.get_node)."""
-    import ray._private.parameter as parameter
-    import ray._private.services as services
-
-    original_lookup, original_init = services.get_node, parameter.RayParams.__init__
-    deadline = time.monotonic() + STARTUP_PATIENCE_S
-
-    def get_node(*args: Any, **kwargs: Any) -> Any:
-        while True:
-            try:
-                return original_lookup(*args, **kwargs)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        if not self.metrics_agent_port:
-            self.metrics_agent_port = _free_port()
-        if not self.runtime_env_agent_port:
-            self.runtime_env_agent_port = _free_port()
-
-    services.get_node, parameter.RayParams.__init__ = get_node, init
-    try:
-        yield
-    finally:
-        services.get_node, parameter.RayParams.__init__ = original_lookup, original_init
-
-
-def require_ray() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise InputError("optimize tune runs its trials on Ray, which is not installed here", "pip install 'optimize[ray]'") from None
-
-
 def start_ray(cluster: ClusterConfig) -> None:
-    require_ray()
-    import ray
-
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
     if cluster.address:
-        try:
-            ray.init(address=cluster.address, **quiet)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise InputError(f"cannot join the Ray cluster at {cluster.address}: {str(exc).splitlines()[0][:200]}",
-                             "check --address (ray://host:10001 or host:6379), or drop it for a local runtime") from None
-        return
-    try:
-        with patient_ray_startup():
-            ray.init(num_cpus=cluster.local_cpus or os.cpu_count() or 1, **quiet)
-    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its processes do not come up
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise BuildError(f"the local Ray runtime did not start: {' '.join(str(exc).split())[:200]}",
-                         "retry on a less loaded machine, or start one with `ray start --head` and pass --address") from None
+        ray_runtime.join("optimize tune", cluster.address, or_local=True)
+    else:
+        ray_runtime.start_local("optimize tune", cluster.local_cpus or os.cpu_count() or 1)
 
 
 def pick_nodes(cluster: ClusterConfig) -> list[str]:
     """Live nodes that match the label and resource filters and can hold one trial worker."""
-    import ray
-
-    chosen = []
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        resources = node.get("Resources") or {}
-        labels = node.get("Labels") or {}
-        if resources.get("CPU", 0) < cluster.trial_cpus:
-            continue
-        if cluster.node_resource and cluster.node_resource not in resources:
-            continue
-        if any(labels.get(k) != v for k, v in cluster.node_labels):
-            continue
-        chosen.append(node["NodeID"])
+    chosen = ray_runtime.nodes_with(cluster.trial_cpus, cluster.node_labels, cluster.node_resource)
     if not chosen:
         wanted = [f"{cluster.trial_cpus:g} CPUs"] + [f"label {k}={v}" for k, v in cluster.node_labels]
         if cluster.node_resource:

@@ -1,0 +1,71 @@
+"""Starting and joining Ray, as tune, serve and bench --each-node do: a wrong --address is one
+line at once (Ray alone retries it for more than ten minutes), and a local runtime is the
+command's own even where RAY_ADDRESS names another cluster."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from optimize import ray_runtime
+from optimize.cli import main
+from optimize.errors import InputError
+
+
+def dead_address() -> str:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def ray_down():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("10.0.0.5:6379", ("10.0.0.5", 6379)), ("ray://head:10001", ("head", 10001)), (":6379", ("127.0.0.1", 6379)),
+     ("[::1]:6379", ("::1", 6379)), ("auto", None), ("head", None)],
+)
+def test_an_address_is_read_as_host_and_port_where_it_has_them(address, expected):
+    assert ray_runtime._host_port(address) == expected
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_joining_an_address_where_nothing_listens_fails_at_once_naming_the_fix(scheme):
+    address = scheme + dead_address()
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        ray_runtime.join("optimize bench --each-node", address, or_local=False)
+    assert time.monotonic() - started < 10
+    error = caught.value
+    assert error.problem.startswith(f"cannot join the Ray cluster at {address}: nothing answers there")
+    assert error.fix.startswith("check --address") and "local runtime" not in error.fix
+
+
+def test_tune_with_a_dead_address_is_one_line_and_exit_2(tmp_path, capsys):
+    address = dead_address()
+    code = main(["tune", "bert", "--goal", "cosine>=0.99", "--address", address, "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith(f"error: cannot join the Ray cluster at {address}: nothing answers there")
+    assert err.endswith("or drop it for a local runtime") and "\n" not in err
+
+
+def test_a_local_runtime_is_started_even_where_ray_address_names_another_cluster(monkeypatch, ray_down):
+    # plain ray.init(num_cpus=...) reads RAY_ADDRESS, tries to join it and refuses the CPU count
+    monkeypatch.setenv("RAY_ADDRESS", dead_address())
+    ray_runtime.start_local("optimize tune", num_cpus=1)
+    import ray
+
+    assert ray.is_initialized()
+    assert ray.cluster_resources().get("CPU") == 1
