@@ -9,6 +9,8 @@ All three start and join Ray here, so they fail alike (one line naming the fix) 
   waits; ``patient_startup`` stretches them rather than refuse to start.
 - An address where nothing listens is found by one TCP connection, at once: Ray itself retries
   its GCS connection for more than ten minutes before it gives up.
+- ``ray.init`` puts its own SIGTERM handler in place (``sys.exit(15)`` at once, Ray's processes
+  left behind, nothing rolled back); the command's own handler is put back after it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from optimize.errors import BuildError, InputError
+from optimize.errors import TERMINATED, BuildError, InputError, Terminated
 
 #: seconds a local runtime may take to come up. Ray waits 30 s for its raylet to register, and the
 #: raylet 30 s for its metrics agent to write its port; on a loaded 2-core machine (load 15-30)
@@ -32,8 +36,9 @@ STARTUP_PATIENCE_S = 240
 #: how long a cluster's address may take to accept a TCP connection
 ADDRESS_PROBE_TIMEOUT_S = 5.0
 
-#: Ray's own logging stays out of the command's output; its processes' logs are under /tmp/ray
-_QUIET: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+#: Ray's own logging stays out of the command's output (its processes' logs are under /tmp/ray);
+#: ``logging_level`` says from which level the driver's Ray loggers still print
+_QUIET: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True}
 
 
 def require_ray(command: str) -> None:
@@ -84,21 +89,42 @@ def patient_startup() -> Iterator[None]:
         services.get_node, parameter.RayParams.__init__ = original_lookup, original_init
 
 
+@contextlib.contextmanager
+def _keeping_sigterm() -> Iterator[None]:
+    """The SIGTERM handler in place before ``ray.init`` is put back after it; a SIGTERM that lands
+    inside (Ray's handler: SystemExit(15)) is answered by that handler, as anywhere else."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread has handlers (and ray.init sets none elsewhere)
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, ours)
+        if callable(ours):
+            ours(signal.SIGTERM, None)  # the CLI's: records the signal and raises Terminated
+        raise Terminated(TERMINATED) from None
+    finally:
+        signal.signal(signal.SIGTERM, ours if ours is not None else signal.SIG_DFL)
+
+
 def _ray_defaults() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # the raylet waits this long for its agent before giving up (Ray's default is tight on a loaded machine)
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
 
 
-def start_local(command: str, num_cpus: int) -> None:
+def start_local(command: str, num_cpus: int, logging_level: int = logging.ERROR) -> None:
     """A local Ray runtime of ``num_cpus`` CPUs, owned by this process (ray.shutdown stops it)."""
     require_ray(command)
     import ray
 
     _ray_defaults()
     try:
-        with patient_startup():
-            ray.init(address="local", num_cpus=num_cpus, **_QUIET)
+        with patient_startup(), _keeping_sigterm():
+            ray.init(address="local", num_cpus=num_cpus, logging_level=logging_level, **_QUIET)
     except BaseException as exc:
         ray.shutdown()  # Ctrl-C or a failure half-way through: stop the processes it had started
         if not isinstance(exc, Exception):
@@ -109,14 +135,32 @@ def start_local(command: str, num_cpus: int) -> None:
 
 def _host_port(address: str) -> tuple[str, int] | None:
     """host and port of "host:port" or "ray://host:port"; None for forms Ray resolves itself ("auto")."""
-    bare = address.removeprefix("ray://")
+    bare = address.strip().removeprefix("ray://")
     host, sep, port = bare.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdecimal():
         return None
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def join(command: str, address: str, or_local: bool) -> None:
+def _answers(host: str, port: int) -> str | None:
+    """None when something accepts a TCP connection at host:port, else why not. Ray connects to
+    this node's address where it is given localhost, so both are tried then."""
+    hosts = [host]
+    with contextlib.suppress(Exception):
+        from ray._private.services import resolve_ip_for_localhost
+
+        hosts.append(resolve_ip_for_localhost(host))
+    reason = ""
+    for candidate in dict.fromkeys(hosts):
+        try:
+            socket.create_connection((candidate, port), timeout=ADDRESS_PROBE_TIMEOUT_S).close()
+            return None
+        except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode (UnicodeError)
+            reason = reason or getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+    return reason.lower()
+
+
+def join(command: str, address: str, or_local: bool, logging_level: int = logging.ERROR) -> None:
     """Connect this process to the cluster at ``address``; ``or_local``: the command could start a
     local runtime instead, and the error's fix says so."""
     require_ray(command)
@@ -126,18 +170,16 @@ def join(command: str, address: str, or_local: bool) -> None:
     if or_local:
         fix += ", or drop it for a local runtime"
     where = _host_port(address)
-    if where is not None:
-        try:
-            socket.create_connection(where, timeout=ADDRESS_PROBE_TIMEOUT_S).close()
-        except OSError as exc:
-            reason = exc.strerror or exc.__class__.__name__
-            raise InputError(f"cannot join the Ray cluster at {address}: nothing answers there ({reason.lower()})", fix) from None
+    if where is not None and (reason := _answers(*where)) is not None:
+        raise InputError(f"cannot join the Ray cluster at {address}: nothing answers there ({reason})", fix)
     _ray_defaults()
     try:
-        ray.init(address=address, **_QUIET)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+        with _keeping_sigterm():
+            ray.init(address=address, logging_level=logging_level, **_QUIET)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, its own RayError
         ray.shutdown()
-        raise InputError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0][:200]}", fix) from None
+        first_line = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise InputError(f"cannot join the Ray cluster at {address}: {first_line[:200]}", fix) from None
 
 
 def nodes_with(min_cpus: float, labels: tuple[tuple[str, str], ...] = (), resource: str | None = None) -> list[str]:

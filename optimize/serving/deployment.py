@@ -10,6 +10,7 @@ under their folder's name (``/<name>/v1/embeddings``).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import signal
@@ -161,11 +162,11 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     most = (cfg.max_replicas or cfg.replicas) * len(planned)
 
     note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
+    # Ray Serve's warnings still print (an existing Serve on a cluster ignoring our HTTP options)
     if cfg.address is None:
-        ray_runtime.start_local("optimize serve", num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)))
+        ray_runtime.start_local("optimize serve", num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)), logging_level=logging.WARNING)
     else:
-        ray_runtime.join("optimize serve", cfg.address, or_local=True)
-    _stop_on_signals()  # ray.init put its own SIGTERM handler (exit at once) in place of ours
+        ray_runtime.join("optimize serve", cfg.address, or_local=True, logging_level=logging.WARNING)
     from ray import serve
 
     server = Server(cfg, planned, owns_ray=cfg.address is None)
@@ -207,10 +208,10 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     return server
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, so the server drains. Ray's
-    driver puts its own SIGTERM handler in place (it exits at once, leaving Ray's processes
-    behind), and a server started in the background by a shell inherits SIGINT ignored."""
+def _stop_on_signals(sigterm: Any) -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, so the server drains. A
+    server started in the background by a shell inherits SIGINT ignored. ``sigterm``: the handler
+    the command had (the CLI's, whose error line then says "terminated"), or None for ours."""
     import threading
 
     from optimize.errors import TERMINATED, Terminated
@@ -222,14 +223,15 @@ def _stop_on_signals() -> None:
         raise Terminated(TERMINATED)
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGTERM, sigterm if callable(sigterm) else terminated)
 
 
 def serve_forever(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None], ready: Callable[[Server], None]) -> None:
     """Start, report, then wait for Ctrl-C (or SIGTERM) and drain."""
-    _stop_on_signals()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    _stop_on_signals(sigterm)
     server = start(bundles, cfg, note)
-    _stop_on_signals()
+    _stop_on_signals(sigterm)  # in case Ray Serve put a handler of its own in place while deploying
     try:
         ready(server)
         while True:
