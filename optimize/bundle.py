@@ -218,6 +218,21 @@ class Bundle:
         return str(self.manifest.get("target", "unknown"))
 
 
+def check_recorded_file(bundle: Bundle, name: str = MODEL_FILE) -> None:
+    """The file is the one the manifest records (bytes and sha256): a truncated or replaced
+    model.onnx is named here, before a server starts, not met as a parse error on a replica."""
+    entry = (bundle.manifest.get("files") or {}).get(name)
+    if not isinstance(entry, dict):
+        return  # older manifests record no files
+    actual = file_entry(bundle.path / name)
+    if actual["bytes"] != entry.get("bytes") or actual["sha256"] != entry.get("sha256"):
+        raise BundleError(
+            f"{bundle.path / name} is not the file the bundle's manifest records "
+            f"({actual['bytes']:,} bytes, recorded {entry.get('bytes', 0):,}): truncated or changed since export",
+            "re-create the bundle with `optimize export`",
+        )
+
+
 def read_bundle(path: Path) -> Bundle:
     """Open a bundle folder: it must hold a readable manifest and model.onnx."""
     if not path.exists():

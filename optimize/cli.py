@@ -7,7 +7,7 @@ Every error is one line on stderr, ``error: <problem>; <fix>``, and an exit code
 from __future__ import annotations
 
 import json
-
+import math
 import os
 import signal
 import sys
@@ -428,6 +428,8 @@ def bench(
     """Time bundles against PyTorch and ONNX Runtime's defaults: p50/p90/p99, throughput, memory, size."""
     from optimize.bench import report
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file", "pass a folder for bench.json, bench.md and bench.png")
     if serve_urls:
         _bench_serve(serve_urls, concurrency, duration, batch, seq, real_length, out_dir)
         return
@@ -517,7 +519,12 @@ def tune(
     from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune as run_tune
     from optimize.tune.space import OBJECTIVES
 
+    from optimize.exporter.resolve import locate
+
+    locate(model)  # a missing model is one line now, not an error recorded by every trial
     parsed_goal = parse_goal(goal, eval_data, max_accuracy_drop, text_column, label_column)
+    if not 0 <= time_limit < math.inf:  # NaN too
+        raise InputError(f"--time-limit must be 0 (no limit) or more minutes, got {time_limit}", "pass e.g. --time-limit 40")
     if eval_data is not None:
         from optimize.textdata import read_rows
 

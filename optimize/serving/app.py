@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -129,7 +130,8 @@ class BundleService:
                 "max_batch_size": self.limits.max_batch_size,
                 "max_batch_tokens": self.limits.max_batch_tokens,
                 "batch_wait_ms": self.limits.wait_ms,
-                "max_padding": self.limits.max_padding,
+                # JSON has no infinity: no bound reads null
+                "max_padding": self.limits.max_padding if math.isfinite(self.limits.max_padding) else None,
                 "max_texts_per_request": self.max_texts,
             },
             "replica": {"name": self.replica, "pid": os.getpid(), "threads": self.threads},

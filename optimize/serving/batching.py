@@ -12,6 +12,7 @@ a batch runs.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +43,9 @@ class BatchLimits:
             raise InputError(f"--max-batch-size must be at least 1, got {self.max_batch_size}", "pass e.g. --max-batch-size 32")
         if self.max_batch_tokens < 1:
             raise InputError(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}", "pass e.g. --max-batch-tokens 8192")
-        if self.wait_ms < 0:
-            raise InputError(f"--batch-wait-ms must be 0 or more, got {self.wait_ms}", "pass e.g. --batch-wait-ms 5")
-        if not self.max_padding >= 0:  # NaN too
+        if not 0 <= self.wait_ms < math.inf:  # NaN and infinity too
+            raise InputError(f"--batch-wait-ms must be a finite number, 0 or more, got {self.wait_ms}", "pass e.g. --batch-wait-ms 5")
+        if not self.max_padding >= 0:  # NaN too; infinity is no bound
             raise InputError(f"--max-padding must be 0 or more, got {self.max_padding}", "pass e.g. --max-padding 0.25")
 
 

@@ -43,7 +43,7 @@ class Route:
 
 def routes(bundles: Sequence[Path]) -> list[Route]:
     """Check every bundle is servable (before any Ray starts) and name its route."""
-    from optimize.bundle import read_bundle
+    from optimize.bundle import check_recorded_file, read_bundle
     from optimize.serving.app import SERVABLE_TASKS
 
     if not bundles:
@@ -51,6 +51,7 @@ def routes(bundles: Sequence[Path]) -> list[Route]:
     out: list[Route] = []
     for path in bundles:
         bundle = read_bundle(Path(path))
+        check_recorded_file(bundle)
         task = str(bundle.manifest.get("task", "feature-extraction"))
         if task not in SERVABLE_TASKS:
             raise InputError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -39,8 +40,8 @@ class LoadConfig:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.duration_s <= 0:
-            raise InputError(f"--duration must be positive, got {self.duration_s}", "pass e.g. --duration 30")
+        if not self.duration_s > 0 or math.isinf(self.duration_s):  # NaN and infinity too
+            raise InputError(f"--duration must be a positive number of seconds, got {self.duration_s}", "pass e.g. --duration 30")
         for url in self.urls:
             parts = urlsplit(url)
             if parts.scheme != "http" or not parts.hostname:

@@ -50,8 +50,10 @@ def parse_goal(text: str | None, eval_data: Path | None = None, max_accuracy_dro
         if max_accuracy_drop < 0:
             raise InputError(f"--max-accuracy-drop cannot be negative, got {max_accuracy_drop}", "pass e.g. --max-accuracy-drop 1.0")
         return Goal(cosine=None, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, text_column=text_column, label_column=label_column)
-    if not text:
+    if text is None:
         return Goal()
+    if not text.strip():
+        raise InputError("--goal is empty", fix)
     values: dict[str, float] = {}
     for clause in text.split(","):
         match = _CLAUSE.match(clause)

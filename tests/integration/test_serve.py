@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -208,6 +209,11 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tiny_bundle, tmp_path):
         holder.listen(1)
         port = holder.getsockname()[1]
         assert_one_line_error(run_cli("serve", str(bundle), "--port", str(port), timeout=600), f"port {port}", "in use", code=2)
+    # a truncated model.onnx is named before Ray starts, not met as a deployment failure
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:1000])
+    assert_one_line_error(run_cli("serve", str(broken), timeout=600), "model.onnx is not the file the bundle's manifest records", code=7)
 
 
 # --- `optimize serve` on Ray Serve, as a user starts it ---------------------------------------

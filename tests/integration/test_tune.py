@@ -121,6 +121,9 @@ def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(tiny_model_dir, tm
         (["--prune", "0,x"], "--prune takes comma-separated numbers"),
         (["--goal", "cosine>=0.99", "--eval-data", "rows.csv"], "--goal and --eval-data both given"),
         (["--node-label", "gpu"], "--node-label takes KEY=VALUE"),
+        (["--goal", ""], "--goal is empty"),
+        (["--time-limit", "nan"], "--time-limit must be 0 (no limit) or more minutes"),
+        (["--time-limit", "-1"], "--time-limit must be 0 (no limit) or more minutes"),
     ],
 )
 def test_bad_tune_arguments_are_one_line_errors(args, says, tmp_path, capsys):
@@ -129,6 +132,21 @@ def test_bad_tune_arguments_are_one_line_errors(args, says, tmp_path, capsys):
     assert code == 2, err
     assert err.startswith("error: ") and says in err and "\n" not in err
     assert not (tmp_path / "t").exists()
+
+
+def test_tune_of_a_missing_model_is_one_line_before_any_trial(tmp_path, capsys):
+    code = main(["tune", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: model path") and "does not exist" in err and "\n" not in err
+    assert not (tmp_path / "t").exists()  # no trials.jsonl of failed trials that a re-run would skip
+
+
+def test_bench_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").write_text("kept")
+    code = main(["bench", "--serve", "http://127.0.0.1:1", "--out", str(tmp_path / "taken")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: --out {tmp_path / 'taken'} is a file; pass a folder for bench.json, bench.md and bench.png"
+    assert (tmp_path / "taken").read_text() == "kept"
 
 
 def test_bench_each_node_needs_an_address(tmp_path, capsys):

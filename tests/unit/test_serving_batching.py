@@ -51,6 +51,8 @@ def test_limits_refuse_nonsense():
         BatchLimits(max_padding=-0.1)
     with pytest.raises(InputError, match="max-padding"):
         BatchLimits(max_padding=float("nan"))
+    with pytest.raises(InputError, match="batch-wait-ms"):
+        BatchLimits(wait_ms=float("nan"))  # requests waited for a window that never closed
 
 
 class Recorder:
