@@ -515,13 +515,13 @@ def tune(
 ) -> None:
     """Search target x pruning x recovery x int8 budget for the fastest artifact that meets the goal."""
     from optimize.config import ExportConfig, ExportJob
+    from optimize.exporter.resolve import locate
     from optimize.targets import get_target
     from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune as run_tune
     from optimize.tune.space import OBJECTIVES
 
-    from optimize.exporter.resolve import locate
-
-    locate(model)  # a missing model is one line now, not an error recorded by every trial
+    if address is None:  # on a cluster the model's path need only exist on the nodes
+        locate(model)  # a missing model is one line now, not an error recorded by every trial
     parsed_goal = parse_goal(goal, eval_data, max_accuracy_drop, text_column, label_column)
     if not 0 <= time_limit < math.inf:  # NaN too
         raise InputError(f"--time-limit must be 0 (no limit) or more minutes, got {time_limit}", "pass e.g. --time-limit 40")
