@@ -398,8 +398,11 @@ def run_bundle(
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",")]
+    if "" in parts:  # "1,,2" or "8,": a value was lost on the way, not meant to be skipped
+        raise InputError(f"{flag} has an empty entry in {text!r}", f"pass e.g. {flag} 1,8,32")
     try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in parts)
     except ValueError:
         raise InputError(f"{flag} takes comma-separated integers, got {text!r}", f"pass e.g. {flag} 1,8,32") from None
     if not values or any(v < 1 for v in values):
@@ -431,6 +434,11 @@ def bench(
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file", "pass a folder for bench.json, bench.md and bench.png")
     if serve_urls:
+        if bundles:  # the server's own bundle is what gets measured: a bundle named here would be ignored
+            raise InputError(
+                f"--serve load-tests a running server, so the bundle {bundles[0]} would not be used",
+                "drop the bundle (the server's own is measured), or drop --serve to time the bundle in-process",
+            )
         _bench_serve(serve_urls, concurrency, duration, batch, seq, real_length, out_dir)
         return
     if merge_files:
@@ -732,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.UsageError as exc:
         where = f"optimize {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.info_name != "optimize" else "optimize --help"
-        err.print(f"error: {_one_line(exc.format_message())}; see `{where}`", markup=False, highlight=False)
+        message = _one_line(exc.format_message()).rstrip(".")  # click ends some messages with a full stop
+        err.print(f"error: {message}; see `{where}`", markup=False, highlight=False)
         return 2
     except _EXIT as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

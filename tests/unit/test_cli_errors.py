@@ -60,3 +60,22 @@ def test_sigterm_is_not_swallowed_by_a_librarys_catch_all(monkeypatch, capsys):
     code, err = _run(capsys)
     assert code == 130
     assert err == "error: terminated by SIGTERM; nothing was written and any previous bundle is intact\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["bench", "--serve", "http://127.0.0.1:1", "--concurrency", "1,,2"], "error: --concurrency has an empty entry in '1,,2'"),
+        (["bench", "--batch", "8,", "some-bundle"], "error: --batch has an empty entry in '8,'"),
+        (["bench", "some-bundle", "--serve", "http://127.0.0.1:1"], "error: --serve load-tests a running server, so the bundle some-bundle"),
+        (["serve"], "error: Missing argument 'bundles'; see `optimize serve --help`"),
+    ],
+)
+def test_bench_and_serve_refuse_what_they_would_silently_misread(argv, expected, capsys, tmp_path, monkeypatch):
+    """A lost list entry was skipped, a bundle beside --serve ignored, and click's message kept
+    its full stop before our "; see" tail: each now one exact line, before any work."""
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
+    assert not (tmp_path / "bench-out").exists()
