@@ -143,11 +143,17 @@ class Server:
         from ray import serve
 
         try:
-            if self.owns_ray:
-                serve.shutdown()
-            else:
-                for route in self.routes:
+            # each application deleted drains its replicas; a local runtime then goes whole with
+            # ray.shutdown. (serve.shutdown() here printed Ray's "(raylet) Task
+            # ServeController.graceful_shutdown failed ... killed by ray.kill" on every clean stop.)
+            for route in self.routes:
+                try:
                     serve.delete(route.name)
+                except Exception:
+                    if not self.owns_ray:  # on a cluster what is left keeps running: say so
+                        raise
+                    # our own runtime: ray.shutdown below takes whatever is left (a start that
+                    # failed half-way may have no Serve to delete from)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -170,6 +176,8 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
         ray_runtime.join("optimize serve", cfg.address, or_local=True, logging_level=logging.WARNING)
     from ray import serve
 
+    # Ray Serve logs at INFO on its own logger, whatever ray.init was told; its warnings still show
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     server = Server(cfg, planned, owns_ray=cfg.address is None)
     try:
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request

@@ -344,3 +344,6 @@ def test_ctrl_c_drains_in_flight_requests_and_stops(ray_server):
     assert "Traceback" not in err and "draining" in err
     assert results == [200] * 4, results
     assert f"serving {embedder_bundle.name}" in out
+    # a clean stop is quiet: no Ray task failure from serve.shutdown, no INFO lines of Ray Serve's
+    # own logger (one of which read "New http_options ... will not be applied" on our own runtime)
+    assert "graceful_shutdown failed" not in out + err and "INFO" not in err, (out + err)[-2000:]
