@@ -195,7 +195,8 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     shutil.rmtree(work_root, ignore_errors=True)  # what an interrupted run left half-written
     if store.records:
         reporter.note(f"resuming: {len(store.records)} finished trials in {store.path} are not redone")
-    out_of_time: dict[str, str] = {}
+    #: candidates not run in this run, by key: (verdict, why); not recorded, so a re-run tries them
+    held_back: dict[str, tuple[str, str]] = {}
     in_flight: dict[Any, tuple[Candidate, Any]] = {}
     new_trials = 0
     nodes: list[str] = []
@@ -203,7 +204,7 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
 
     def runnable() -> list[Candidate]:
         decisions = decide(space, store.records, cfg.objective, [c.key for c, _ in in_flight.values()])
-        return [d.candidate for d in decisions if d.verdict == "run" and d.candidate.key not in out_of_time]
+        return [d.candidate for d in decisions if d.verdict == "run" and d.candidate.key not in held_back]
 
     def fits(candidate: Candidate) -> bool:
         if cfg.time_limit_s is None:
@@ -211,7 +212,7 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
         elapsed = time.monotonic() - started
         needed = estimated_seconds(candidate, list(store.records.values()))
         if elapsed + needed > cfg.time_limit_s:
-            out_of_time[candidate.key] = f"expected to take {needed:.0f} s with {max(0.0, cfg.time_limit_s - elapsed):.0f} s of --time-limit left"
+            held_back[candidate.key] = "time-limit", f"expected to take {needed:.0f} s with {max(0.0, cfg.time_limit_s - elapsed):.0f} s of --time-limit left"
             return False
         return True
 
@@ -249,13 +250,18 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                           "error": f"internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}", "seconds": 0.0}
                 files = None
             new_trials += 1
+            if record.get("retry"):  # the node or the input failed, not the candidate: not recorded
+                held_back[candidate.key] = "failed", f"{record['error']} (not recorded: a re-run tries it again)"
+                reporter.note(f"trial {candidate.label}: failed on node {record['node'][:8]}: {record['error'][:200]}; not recorded, a re-run tries it again")
+                _write_frontier(cfg, store, output, space, held_back, nodes)
+                continue
             if files is not None:
                 best = best_record([*store.records.values(), record], cfg.objective)
                 if best is record:
                     _write_best(output, record, files)
             store.add(record)
             reporter.note(_summary(record))
-            _write_frontier(cfg, store, output, space, out_of_time, nodes)
+            _write_frontier(cfg, store, output, space, held_back, nodes)
     except KeyboardInterrupt:
         best_line = f"{output / BEST_FOLDER} holds the best so far (whole)" if (output / BEST_FOLDER).is_dir() else "no bundle was written"
         raise Interrupted(
@@ -268,15 +274,15 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
 
             ray.shutdown()
         shutil.rmtree(work_root, ignore_errors=True)
-    md, png, skipped = _write_frontier(cfg, store, output, space, out_of_time, nodes)
+    md, png, skipped = _write_frontier(cfg, store, output, space, held_back, nodes)
     records = list(store.records.values())
     return TuneResult(records, best_record(records, cfg.objective), skipped, new_trials, time.monotonic() - started, md, png, nodes)  # type: ignore[arg-type]
 
 
-def _write_frontier(cfg: TuneConfig, store: TrialStore, output: Path, space: list[Candidate], out_of_time: dict[str, str], nodes: list[str]):
+def _write_frontier(cfg: TuneConfig, store: TrialStore, output: Path, space: list[Candidate], held_back: dict[str, tuple[str, str]], nodes: list[str]):
     decisions = decide(space, store.records, cfg.objective)
     skipped = [
-        Decision(d.candidate, "time-limit", out_of_time[d.candidate.key]) if d.verdict == "run" and d.candidate.key in out_of_time
+        Decision(d.candidate, *held_back[d.candidate.key]) if d.verdict == "run" and d.candidate.key in held_back
         else (Decision(d.candidate, "not run", "--trials reached") if d.verdict == "run" else d)
         for d in decisions if d.verdict not in ("done", "in-flight")
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from optimize.bundle import folder_bytes
 from optimize.config import BenchConfig, ExportJob
-from optimize.errors import Interrupted, OptimizeError, ParityError
+from optimize.errors import BundleError, InputError, Interrupted, OptimizeError, ParityError
 from optimize.tune.goal import Goal
 from optimize.tune.space import Candidate
 
@@ -113,7 +113,8 @@ def run_trial(candidate: Candidate, base: ExportJob, goal: Goal, timing: TimingC
     """Export, gate, time. Returns (record, bundle files when the goal was met).
 
     A gate refusal (ParityError, exit 6) is a finished trial that missed the goal; another
-    OptimizeError is a finished trial that failed ("error"); an interrupt propagates."""
+    OptimizeError is a finished trial that failed ("error"), marked ``retry`` where the input or
+    the node failed rather than the candidate (InputError, BundleError); an interrupt propagates."""
     started = time.monotonic()
     try:
         work_root.mkdir(parents=True, exist_ok=True)
@@ -145,6 +146,12 @@ def run_trial(candidate: Candidate, base: ExportJob, goal: Goal, timing: TimingC
         record["error"] = exc.one_line()
     except Interrupted:
         raise
+    except (InputError, BundleError) as exc:
+        # the input or the node, not the candidate (a model missing on this node, a full disk):
+        # the runner leaves it unrecorded, so a re-run once that is fixed tries it again
+        record["status"] = "error"
+        record["error"] = exc.one_line()
+        record["retry"] = True
     except OptimizeError as exc:
         record["status"] = "error"
         record["error"] = exc.one_line()
