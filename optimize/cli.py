@@ -575,7 +575,7 @@ def tune(
     )
     result = run_tune(cfg, _TuneReporter())
     for decision in result.skipped:
-        out.print(f"not tried: {decision.describe()}", markup=False)
+        out.print(f"{'not recorded' if decision.verdict == 'failed' else 'not tried'}: {decision.describe()}", markup=False)
     best = result.best
     if best is None:
         out.print(f"best: none of {len(result.records)} trials met the goal ({parsed_goal.describe()})", markup=False)
