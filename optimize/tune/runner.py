@@ -193,8 +193,8 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     store = TrialStore(output, cfg.context())
     work_root = output / WORK_FOLDER
     shutil.rmtree(work_root, ignore_errors=True)  # what an interrupted run left half-written
-    if store.records:
-        reporter.note(f"resuming: {len(store.records)} finished trials in {store.path} are not redone")
+    # said once Ray is up (or nothing is left to run): a cluster that cannot be joined is the one line
+    resuming = f"resuming: {len(store.records)} finished trials in {store.path} are not redone" if store.records else None
     #: candidates not run in this run, by key: (verdict, why); not recorded, so a re-run tries them
     held_back: dict[str, tuple[str, str]] = {}
     in_flight: dict[Any, tuple[Candidate, Any]] = {}
@@ -226,6 +226,9 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                 nodes = pick_nodes(cfg.cluster)
                 idle = _workers(cfg, nodes, work_root)
                 reporter.note(f"ray: {len(nodes)} node(s) with a trial worker each ({'joined ' + cfg.cluster.address if cfg.cluster.address else 'local runtime'})")
+            if resuming:
+                reporter.note(resuming)
+                resuming = None
             while idle and queue and (cfg.trials is None or new_trials + len(in_flight) < cfg.trials):
                 candidate = queue.pop(0)
                 if not fits(candidate):

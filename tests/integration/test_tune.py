@@ -5,6 +5,7 @@ cut-short run; the CLI's one-line refusals."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,22 @@ def test_a_trial_failed_by_its_input_is_not_recorded_and_a_rerun_tries_it(tiny_m
     assert first["skipped"] and all("a re-run tries it again" in s for s in first["skipped"]), first
     assert any("failed on node" in line and "not recorded" in line for line in first["notes"]), first
     assert second["records"] == ["met"], second
+
+
+def test_a_dead_address_is_the_only_line_when_resuming(tiny_model_dir, tmp_path):
+    """The resuming line came before the join's error: two lines where one was meant."""
+    from optimize.errors import InputError
+    from optimize.tune.store import TrialStore
+
+    out = tmp_path / "tune"
+    with socket.socket() as probe:  # a local port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    cfg = tiny_config(tiny_model_dir("bert"), out, cluster=ClusterConfig(address=address))
+    done = Candidate("ort-int8", budget=0.98)
+    TrialStore(out, cfg.context()).add({"candidate": done.as_dict(), "key": done.key, "node": "n", "status": "missed",
+                                        "error": "the figures miss the goal", "seconds": 1.0})
+    notes = Notes()
+    with pytest.raises(InputError, match="cannot join the Ray cluster"):
+        tune(cfg, notes)
+    assert notes.lines == [], notes.lines
