@@ -40,7 +40,7 @@ class LoadConfig:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if not self.duration_s > 0 or math.isinf(self.duration_s):  # NaN and infinity too
+        if not 0 < self.duration_s < math.inf:  # NaN and infinity too, as the other number checks
             raise InputError(f"--duration must be a positive number of seconds, got {self.duration_s}", "pass e.g. --duration 30")
         for url in self.urls:
             parts = urlsplit(url)

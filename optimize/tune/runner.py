@@ -255,15 +255,15 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
             new_trials += 1
             if record.get("retry"):  # the node or the input failed, not the candidate: not recorded
                 held_back[candidate.key] = "failed", f"{record['error']} (not recorded: a re-run tries it again)"
-                reporter.note(f"trial {candidate.label}: failed on node {record['node'][:8]}: {record['error'][:200]}; not recorded, a re-run tries it again")
-                _write_frontier(cfg, store, output, space, held_back, nodes)
-                continue
-            if files is not None:
-                best = best_record([*store.records.values(), record], cfg.objective)
-                if best is record:
-                    _write_best(output, record, files)
-            store.add(record)
-            reporter.note(_summary(record))
+                line = f"trial {candidate.label}: failed on node {record['node'][:8]}: {record['error'][:200]}; not recorded, a re-run tries it again"
+            else:
+                if files is not None:
+                    best = best_record([*store.records.values(), record], cfg.objective)
+                    if best is record:
+                        _write_best(output, record, files)
+                store.add(record)
+                line = _summary(record)
+            reporter.note(line)
             _write_frontier(cfg, store, output, space, held_back, nodes)
     except KeyboardInterrupt:
         best_line = f"{output / BEST_FOLDER} holds the best so far (whole)" if (output / BEST_FOLDER).is_dir() else "no bundle was written"
