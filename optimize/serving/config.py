@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from optimize.errors import InputError
+from optimize.serving import ingress
 from optimize.serving.batching import BatchLimits
 
 
@@ -28,6 +29,9 @@ class ServeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     #: seconds a request may wait for its answer before it gets a 503
     request_timeout_s: float = 60.0
+    #: what takes the requests to the replicas: Ray Serve's proxy ("ray") or, on the local
+    #: runtime, its direct ingress behind HAProxy ("haproxy"; ingress.py)
+    ingress: str = "ray"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -40,3 +44,4 @@ class ServeConfig:
             raise InputError(f"--threads must be 0 or more, got {self.threads}", "pass 0 for the cores shared among the replicas")
         if self.max_texts < 1:
             raise InputError(f"--max-texts must be at least 1, got {self.max_texts}", "pass e.g. --max-texts 512")
+        ingress.check(self.ingress, self.address)

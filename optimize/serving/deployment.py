@@ -17,12 +17,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optimize import ray_runtime
 from optimize.errors import BuildError, InputError
+from optimize.serving import ingress
 from optimize.serving.config import ServeConfig
 
 
@@ -131,10 +133,11 @@ def _deployment() -> Any:
 class Server:
     """The running server: started by ``start``, stopped (drained) by ``stop``."""
 
-    def __init__(self, cfg: ServeConfig, routes: list[Route], owns_ray: bool) -> None:
+    def __init__(self, cfg: ServeConfig, routes: list[Route], owns_ray: bool, resources: ExitStack | None = None) -> None:
         self.cfg = cfg
         self.routes = routes
         self.owns_ray = owns_ray
+        self.resources = resources or ExitStack()  # what goes after Ray: the ingress's files
 
     def stop(self) -> None:
         """Drain and stop: Ray Serve lets replicas finish the requests they hold (their graceful
@@ -155,8 +158,11 @@ class Server:
                     # our own runtime: ray.shutdown below takes whatever is left (a start that
                     # failed half-way may have no Serve to delete from)
         finally:
-            if ray.is_initialized():
-                ray.shutdown()
+            try:
+                if ray.is_initialized():
+                    ray.shutdown()
+            finally:
+                self.resources.close()
 
 
 def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None] = lambda _: None) -> Server:
@@ -169,16 +175,23 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     most = (cfg.max_replicas or cfg.replicas) * len(planned)
 
     note("starting Ray" if cfg.address is None else f"connecting to Ray at {cfg.address}")
-    # Ray Serve's warnings still print (an existing Serve on a cluster ignoring our HTTP options)
-    if cfg.address is None:
-        ray_runtime.start_local("optimize serve", num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)), logging_level=logging.WARNING)
-    else:
-        ray_runtime.join("optimize serve", cfg.address, or_local=True, logging_level=logging.WARNING)
+    resources = ExitStack()
+    # before Ray starts: its processes read the ingress's switches from the environment they inherit
+    resources.enter_context(ingress.environment(cfg.ingress))
+    try:
+        # Ray Serve's warnings still print (an existing Serve on a cluster ignoring our HTTP options)
+        if cfg.address is None:
+            ray_runtime.start_local("optimize serve", num_cpus=max(os.cpu_count() or 1, int(most * replica_cpus + 0.999)), logging_level=logging.WARNING)
+        else:
+            ray_runtime.join("optimize serve", cfg.address, or_local=True, logging_level=logging.WARNING)
+    except BaseException:
+        resources.close()
+        raise
     from ray import serve
 
     # Ray Serve logs at INFO on its own logger, whatever ray.init was told; its warnings still show
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    server = Server(cfg, planned, owns_ray=cfg.address is None)
+    server = Server(cfg, planned, owns_ray=cfg.address is None, resources=resources)
     try:
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request
         serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 30})
@@ -213,7 +226,8 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
         server.stop()
         if isinstance(exc, (KeyboardInterrupt, InputError, BuildError)):
             raise
-        raise BuildError(f"the server did not start ({exc.__class__.__name__}: {' '.join(str(exc).split())[:240]})", "re-run with OPTIMIZE_DEBUG=1 and read the Ray logs under /tmp/ray") from exc
+        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its task errors
+        raise BuildError(f"the server did not start ({exc.__class__.__name__}: {message[:240]})", "re-run with OPTIMIZE_DEBUG=1 and read the Ray logs under /tmp/ray") from exc
     return server
 
 

