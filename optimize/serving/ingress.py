@@ -17,6 +17,7 @@ from there.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import sys
@@ -84,14 +85,12 @@ def _free_block(taken: set[int]) -> int:
     hands out replica ports by itself, unaware of another's on the same machine, and when its
     first pick was taken, HAProxy was seen sending to the other server's replica; so every
     server gets a block of its own, checked free, picked at random among the rest."""
-    import random
-
     blocks = [start for start in _BLOCKS if start not in taken]
     random.shuffle(blocks)
     for start in blocks[:20]:
         if all(_bindable(port) for port in range(start, start + _BLOCK)):
             return start
-    raise InputError("no block of 100 free ports between 20000 and 32767 for the replicas' HTTP servers", "stop other servers on this machine, or use --ingress ray")
+    raise InputError(f"no block of {_BLOCK} free ports between {_BLOCKS.start} and 32767 for the replicas' own servers", "stop other servers on this machine, or use --ingress ray")
 
 
 @contextmanager
@@ -108,6 +107,8 @@ def environment(ingress: str) -> Iterator[None]:
             "--ingress haproxy must be chosen before Ray Serve is imported in this process",
             "start the server from a fresh process, or set RAY_SERVE_ENABLE_HA_PROXY=1 before importing ray.serve",
         )
+    http_block = _free_block(set())
+    grpc_block = _free_block({http_block})
     # short: Ray Serve puts the admin socket a 57-character folder further down, and a Unix
     # socket's path may not exceed 97 characters (HAProxy refuses to start)
     folder = Path(tempfile.mkdtemp(prefix="osrv-", dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -132,15 +133,11 @@ def environment(ingress: str) -> Iterator[None]:
         # request twice). Our routes compute a pure function of the request, so running one
         # again on another replica is safe: retried, they are answered.
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
-    }
-    http_block = _free_block(set())
-    grpc_block = _free_block({http_block})
-    settings.update({
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_block),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_block + _BLOCK - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_block),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_block + _BLOCK - 1),
-    })
+    }
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
