@@ -644,7 +644,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads per replica (0: this machine's cores shared among the replicas).")] = 0,
     max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts one request may carry.")] = 512,
     address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster to deploy onto (ray://host:10001 or host:6379); default: a local Ray started for this server.")] = None,
-    ingress: Annotated[str, typer.Option("--ingress", help="What takes requests to the replicas: ray (Ray Serve's proxy) or haproxy (each replica answers HTTP itself behind Ray Serve's HAProxy; local runtime only, about twice the throughput on a small machine).")] = "ray",
+    ingress: Annotated[str, typer.Option("--ingress", help="What takes requests to the replicas: ray (Ray Serve's proxy) or haproxy (each replica answers HTTP itself behind Ray Serve's HAProxy; local runtime only; about twice the texts/s on 2 cores).")] = "ray",
 ) -> None:
     """Serve bundles over HTTP with dynamic batching, on Ray Serve; Ctrl-C drains and stops."""
     from optimize.serving.batching import BatchLimits
