@@ -187,12 +187,12 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
     except BaseException:
         resources.close()
         raise
-    from ray import serve
-
-    # Ray Serve logs at INFO on its own logger, whatever ray.init was told; its warnings still show
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     server = Server(cfg, planned, owns_ray=cfg.address is None, resources=resources)
     try:
+        from ray import serve
+
+        # Ray Serve logs at INFO on its own logger, whatever ray.init was told; its warnings still show
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
         # request_timeout_s: the proxy answers 408 rather than let a client hang on a lost request
         serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 30})
         server_class = _deployment()

@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,38 +58,36 @@ def _haproxy_binary() -> str | None:
         return shutil.which("haproxy")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _bindable(port: int) -> bool:
+    # on every interface: HAProxy's stats and metrics listen on all of them
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind(("0.0.0.0", port))
         except OSError:
             return False
         return True
 
 
-# Replicas' own ports come from a block of this many, between Ray's worker ports (up to 19999)
-# and the kernel's ephemeral ones (from 32768).
+# This server's ports come from blocks of this many, between Ray's worker ports (up to 19999)
+# and the kernel's ephemeral ones (from 32768), where no program is handed one by chance.
 _BLOCK = 100
-_BLOCKS = range(20000, 32768 - _BLOCK, _BLOCK)
+_BLOCKS = range(20000, 32768 - _BLOCK + 1, _BLOCK)
 
 
-def _free_block(taken: set[int]) -> int:
-    """The first port of a block of free ports for this server's replicas. Each Ray runtime
-    hands out replica ports by itself, unaware of another's on the same machine, and when its
-    first pick was taken, HAProxy was seen sending to the other server's replica; so every
-    server gets a block of its own, checked free, picked at random among the rest."""
-    blocks = [start for start in _BLOCKS if start not in taken]
-    random.shuffle(blocks)
-    for start in blocks[:20]:
-        if all(_bindable(port) for port in range(start, start + _BLOCK)):
-            return start
-    raise InputError(f"no block of {_BLOCK} free ports between {_BLOCKS.start} and 32767 for the replicas' own servers", "stop other servers on this machine, or use --ingress ray")
+def _free_blocks(count: int) -> list[int]:
+    """The first ports of ``count`` blocks of free ports, for this server alone. Each Ray
+    runtime hands out replica ports by itself, unaware of another's on the same machine, and
+    when its first pick was taken, HAProxy was seen sending to the other server's replica; so
+    every server gets blocks of its own, checked free, picked at random."""
+    starts = list(_BLOCKS)
+    random.shuffle(starts)
+    free = [start for start in starts[: 20 + count] if all(_bindable(port) for port in range(start, start + _BLOCK))]
+    if len(free) < count:
+        raise InputError(
+            f"no {count} blocks of {_BLOCK} free ports between {_BLOCKS.start} and 32767 for this server's replicas and HAProxy",
+            "stop other servers on this machine, or use --ingress ray",
+        )
+    return free[:count]
 
 
 def _haproxy_threads() -> int:
@@ -105,15 +102,10 @@ def environment(ingress: str) -> Iterator[None]:
     if ingress != "haproxy":
         yield
         return
-    constants = sys.modules.get("ray.serve._private.constants")
-    if constants is not None and not getattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", False):
-        # this process read Ray Serve's switches already (a library user's import): too late
-        raise InputError(
-            "--ingress haproxy must be chosen before Ray Serve is imported in this process",
-            "start the server from a fresh process, or set RAY_SERVE_ENABLE_HA_PROXY=1 before importing ray.serve",
-        )
-    http_block = _free_block(set())
-    grpc_block = _free_block({http_block})
+    # (Ray Serve in this process needs none of these: only the Ray processes started from here
+    # read them, so a library user's earlier `import ray.serve` does not matter)
+    http_block, grpc_block, own_block = _free_blocks(3)
+    stats_port, metrics_port, fallback_http_port, fallback_grpc_port = range(own_block, own_block + 4)
     # short: Ray Serve puts the admin socket a 57-character folder further down, and a Unix
     # socket's path may not exceed 97 characters (HAProxy refuses to start)
     folder = Path(tempfile.mkdtemp(prefix="osrv-", dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -124,27 +116,30 @@ def environment(ingress: str) -> Iterator[None]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": _DRAIN_PERIOD_S,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         # HAProxy's backup server, a Ray Serve proxy for when no replica is up: at its fixed
         # default port (8500) a second server's HAProxy reached the first server's proxy
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http_port),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc_port),
         # A replica that dies under load leaves requests on its connections unanswered, and
         # HAProxy passes that silence on: it closed 16 of 32 clients' keep-alive connections
         # without a word (Ray Serve retries only connection failures, for fear of running a
         # request twice). Our routes compute a pure function of the request, so running one
-        # again on another replica is safe: retried, they are answered.
+        # again on another replica is safe: retried, they are answered. (HAProxy replays only a
+        # request that fits its buffer, 16 KB by default: a larger body is not retried.)
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
         # Ray's 4 HAProxy threads contend with the replicas on a small machine: on 2 cores one
         # thread served 1.13-1.14x the texts/s of four, side by side in either order
         "RAY_SERVE_HAPROXY_NBTHREAD": str(_haproxy_threads()),
+        # Ray Serve hands out ports in range(MIN, MAX): MAX itself is never used
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_block),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_block + _BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_block + _BLOCK),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_block),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_block + _BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_block + _BLOCK),
     }
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)

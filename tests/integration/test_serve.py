@@ -242,7 +242,11 @@ class CliServer:
             reader.start()
 
     def output(self) -> str:
-        """What it printed so far, stdout then stderr (for an assertion's message)."""
+        """What it printed, stdout then stderr (for an assertion's message); all of it once the
+        process has ended (its last lines may still be in the pipes)."""
+        if self.process.poll() is not None:
+            for reader in self._readers:
+                reader.join(timeout=10)
         return "".join(self.stdout) + "".join(self.stderr)
 
     def wait_ready(self, paths: list[str], timeout: float = 240) -> None:
@@ -388,9 +392,12 @@ def test_haproxy_ingress_serves_the_same_answers_side_by_side_and_leaves_nothing
     answer as ``optimize.load`` does through the replicas' own HTTP servers, and on Ctrl-C stop
     with their HAProxy and its files gone."""
     _, bundle = tiny_bundle("feature-extraction")
-    before, folders = _haproxy_pids(), set(Path("/tmp").glob("osrv-*"))
-    servers = [CliServer(str(bundle), "--ingress", "haproxy", "--threads", "1", *extra) for extra in ([], ["--max-batch-size", "1"])]
+    shared = Path("/tmp/haproxy-serve")  # Ray Serve's default folder for HAProxy's files
+    before, folders, shared_before = _haproxy_pids(), set(Path("/tmp").glob("osrv-*")), set(shared.glob("*"))
+    servers: list[CliServer] = []
     try:
+        for extra in ([], ["--max-batch-size", "1"]):
+            servers.append(CliServer(str(bundle), "--ingress", "haproxy", "--threads", "1", *extra))
         for server in servers:
             server.wait_ready(["/health"])
         expected = optimize.load(bundle).encode(TEXTS)
@@ -406,7 +413,12 @@ def test_haproxy_ingress_serves_the_same_answers_side_by_side_and_leaves_nothing
         assert [json.loads(call(s.port, "GET", "/info")[1])["batching"]["max_batch_size"] for s in servers] == [32, 1], info
         assert len(_haproxy_pids() - before) >= 2, "each server should run its own HAProxy"
     finally:
-        results = [server.interrupt() for server in servers]
+        results = []
+        for server in servers:  # each stopped, whatever happened to the other
+            try:
+                results.append(server.interrupt())
+            except AssertionError as exc:
+                results.append((None, "", str(exc)))
     for code, out, err in results:
         assert code == 0 and "Traceback" not in err, err[-2000:]
     deadline = time.monotonic() + 20  # Ray reaps its processes just after ray.shutdown returns
@@ -414,3 +426,4 @@ def test_haproxy_ingress_serves_the_same_answers_side_by_side_and_leaves_nothing
         time.sleep(0.5)
     assert not _haproxy_pids() - before, "an HAProxy outlived its server"
     assert set(Path("/tmp").glob("osrv-*")) <= folders, "an HAProxy's files outlived their server"
+    assert set(shared.glob("*")) <= shared_before, f"a server wrote into the shared {shared}"
