@@ -133,11 +133,11 @@ def _deployment() -> Any:
 class Server:
     """The running server: started by ``start``, stopped (drained) by ``stop``."""
 
-    def __init__(self, cfg: ServeConfig, routes: list[Route], owns_ray: bool, resources: ExitStack | None = None) -> None:
+    def __init__(self, cfg: ServeConfig, routes: list[Route], owns_ray: bool, resources: ExitStack) -> None:
         self.cfg = cfg
         self.routes = routes
         self.owns_ray = owns_ray
-        self.resources = resources or ExitStack()  # what goes after Ray: the ingress's files
+        self.resources = resources  # what goes after Ray: the ingress's files
 
     def stop(self) -> None:
         """Drain and stop: Ray Serve lets replicas finish the requests they hold (their graceful
