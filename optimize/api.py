@@ -27,6 +27,7 @@ from optimize.parity import ParityReport, compare
 from optimize.passes.pipeline import PipelineReport
 from optimize.runtimes.base import Feeds, Runner
 from optimize.textdata import Rows
+from optimize.training import training_device
 from optimize.targets import PassContext, Target, get_target
 from optimize.passes.pipeline import Pipeline
 
@@ -267,6 +268,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     if job.export.with_tokenizer:
         raw_text_preflight(target, job)
     bundles.preflight(Path(job.output).absolute(), job.force)
+    # checked before minutes of loading and fitting: an unknown or absent device is refused up front
+    train_device = training_device(job.training.device)
 
     reporter.phase("loading the model")
     loaded = resolve(job.model, job.export.task if job.export.task else None, seed=job.seed)
@@ -299,14 +302,16 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
         from optimize.pruning import prune
 
         reporter.phase("pruning")
-        pruned = prune(loaded, job.prune, job.calibration, {p.texts.key: p.batches for p in parity_text}, progress=reporter.phase)
+        pruned = prune(
+            loaded, job.prune, job.calibration, {p.texts.key: p.batches for p in parity_text}, progress=reporter.phase, device=train_device
+        )
         loaded, pruning = pruned.loaded, pruned.report
         reporter.note(prune_summary(pruning))
 
     qat = None
     if job.quant.qat_steps:
         assert target.int8 is not None
-        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter)
+        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter, train_device)
 
     reporter.phase("exporting to ONNX")
     exported = export(loaded, job.export)
@@ -483,7 +488,9 @@ def accuracy_gate(reference: LoadedModel, candidate: Runner, loaded: LoadedModel
     return {**report.as_dict(), "file": str(rows.path), "max_accuracy_drop": limit}
 
 
-def _quantization_aware(loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter):  # -> (LoadedModel, QatOutcome)
+def _quantization_aware(  # -> (LoadedModel, QatOutcome)
+    loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter, device: str
+):
     """--qat: the post-training int8 plan first (the target's passes on a first export), then the
     model trained under it against the unpruned fp32 model."""
     from optimize.passes.int8 import Int8Pass
@@ -495,11 +502,12 @@ def _quantization_aware(loaded: LoadedModel, reference: LoadedModel, target: Tar
     Pipeline(passes).run(export(loaded, job.export).model)
     plan = next(p for p in passes if isinstance(p, Int8Pass)).plan
     trained, qat = quantization_aware_distillation(
-        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase
+        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase, device=device
     )
     reporter.note(
         f"quantization-aware distillation: {len(plan)} int8 layers planned, {job.quant.qat_steps} steps on "
-        f"{qat.report['texts']} texts, loss {qat.report['loss_first']} -> {qat.report['loss_last']} ({qat.report['seconds']:.0f} s)"
+        f"{qat.report['texts']} texts on {qat.report['device']}, loss {qat.report['loss_first']} -> {qat.report['loss_last']} "
+        f"({qat.report['seconds']:.0f} s)"
     )
     return trained, qat
 
@@ -533,10 +541,12 @@ def prune_summary(report: dict[str, Any]) -> str:
         return f"{name} {s['cosine_mean']:.4f}" + (f" ({unseen['cosine_mean']:.4f} unseen domain)" if unseen else "")
 
     figures = ", ".join(figure(name, s) for name, s in stages)
+    recovery = report["recovery"]
+    trained = f"; recovery {recovery['steps']} steps on {recovery['device']} ({recovery['seconds']:.0f} s)" if recovery else ""
     return (
         f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
         f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "
-        f"{report['neurons_kept']}; PyTorch cosine mean vs unpruned: {figures}"
+        f"{report['neurons_kept']}; PyTorch cosine mean vs unpruned: {figures}{trained}"
     )
 
 

@@ -102,6 +102,7 @@ def export(
     prune_what: Annotated[str, typer.Option("--prune-what", help="What --prune may remove: both, heads or ffn.")] = "both",
     drop_layers: Annotated[int, typer.Option("--drop-layers", help="Remove this many whole encoder layers first, the ones the model misses least on calibration text (then --prune cuts the rest).")] = 0,
     recover: Annotated[int, typer.Option("--recover", help="Distillation steps against the unpruned model after pruning (0: none).")] = 0,
+    train_device: Annotated[str, typer.Option("--train-device", help="Where --recover and --qat train: auto (a CUDA GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N.")] = "auto",
     prune_min_cosine: Annotated[float, typer.Option("--prune-min-cosine", help="With --prune: mean cosine against the unpruned model to keep.")] = 0.95,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Classifiers: labelled rows (CSV, TSV, JSON lines) the artifact is judged on against its source model; rows that are also calibration text are left out.")] = None,
     label_column: Annotated[str, typer.Option("--label-column", help="The column of labels in --eval-data.")] = "label",
@@ -129,6 +130,7 @@ def export(
         PruneConfig,
         QuantConfig,
         SpeedCheckConfig,
+        TrainingConfig,
     )
 
     if output is None:
@@ -202,6 +204,7 @@ def export(
             fraction=prune or 0.0, what=prune_what, drop_layers=drop_layers, recover_steps=recover, min_cosine=prune_min_cosine,
             **({"min_agreement": prune_min_agreement, "min_label_agreement": prune_min_agreement} if prune_min_agreement is not None else {}),
         ),
+        training=TrainingConfig(device=train_device),
         seed=seed,
     )
     with _progress() as progress:

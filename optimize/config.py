@@ -219,6 +219,14 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Where ``--recover`` and ``--qat`` train (optimize/training.py)."""
+
+    #: auto (the first CUDA device PyTorch sees, else the CPU), cpu, cuda or cuda:N
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class ExportJob:
     """Everything ``optimize export`` needs, gathered by the CLI or the Python API."""
 
@@ -235,6 +243,7 @@ class ExportJob:
     half: HalfConfig = field(default_factory=HalfConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
 

@@ -50,12 +50,13 @@ class PruneOutcome:
 def _outputs(loaded: LoadedModel, module: Any, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
     import torch
 
+    device = next(module.parameters()).device  # wherever the module is (recovery may run on a GPU)
     outputs = []
     with torch.inference_mode():
         for feeds in batches:
-            tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+            tensors = {k: torch.from_numpy(v).long().to(device) for k, v in feeds.items()}
             result = module(**tensors, return_dict=True)
-            outputs.append({name: result[name].float().numpy() for name in loaded.outputs})
+            outputs.append({name: result[name].float().cpu().numpy() for name in loaded.outputs})
     return outputs
 
 
@@ -83,8 +84,10 @@ def prune(
     calibration: CalibrationConfig,
     parity_sets: dict[str, list[Feeds]],
     progress: Callable[[str], None] = lambda line: None,
+    device: str = "cpu",
 ) -> PruneOutcome:
     """A pruned copy of ``loaded``; the original module is left untouched (it stays the reference).
+    ``device``: where ``--recover`` trains (the scores and fits run on the CPU).
 
     ``parity_sets`` (held-out text first, then the unseen domain) are only measured on, for the
     report: nothing is chosen or fitted on them."""
@@ -147,7 +150,7 @@ def prune(
             )
 
         recovery = recover.distil(
-            student, teacher, batches, cfg.recover_steps, classifier=classifier, layer_map=kept_layers,
+            student, teacher, batches, cfg.recover_steps, classifier=classifier, layer_map=kept_layers, device=device,
             progress=lambda step, loss: progress(f"pruning: recovery step {step}/{cfg.recover_steps} (loss {loss:.4f})"),
         )
         after_recovery = _similarity(loaded, reference, student, parity_sets)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from optimize.runtimes.base import Feeds
+from optimize.training import describe
 
 LEARNING_RATE = 2e-4
 #: a fine-tuned classifier drifts from its task at the encoder's rate: the embedded BERT fine-tuned
@@ -39,11 +40,27 @@ def distil(
     progress: Callable[[int, float], None] | None = None,
     parameter_groups: list[dict[str, Any]] | None = None,
     layer_map: list[int] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``student`` towards ``teacher`` for ``steps`` batches; ``parameter_groups`` (torch
     optimizer groups with their own learning rates) default to every parameter at LEARNING_RATE.
     ``layer_map[k]``: the teacher layer whose output the student's layer k is trained towards
-    (default: the same index; layers dropped from the student skip theirs)."""
+    (default: the same index; layers dropped from the student skip theirs). ``device``: where the
+    training runs (a torch device name); both modules are back on the CPU when it returns."""
+    try:
+        student.to(device)
+        teacher.to(device)
+        return _train(student, teacher, batches, steps, classifier, progress, parameter_groups, layer_map, device)
+    finally:  # the exporter and the parity reference read CPU modules
+        student.to("cpu")
+        teacher.to("cpu")
+
+
+def _train(
+    student: Any, teacher: Any, batches: Callable[[int], Iterator[Feeds]], steps: int, classifier: bool,
+    progress: Callable[[int, float], None] | None, parameter_groups: list[dict[str, Any]] | None,
+    layer_map: list[int] | None, device: str,
+) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
@@ -61,7 +78,7 @@ def distil(
         for feeds in batches(epoch):
             if done >= steps:
                 break
-            tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
+            tensors = {k: torch.from_numpy(v).long().to(device) for k, v in feeds.items()}
             mask = tensors["attention_mask"].unsqueeze(-1).float()
             with torch.no_grad():
                 want = teacher(**tensors, output_hidden_states=True, return_dict=True)
@@ -95,4 +112,5 @@ def distil(
         "loss_first": float(f"{sum(losses[:10]) / max(1, len(losses[:10])):.4g}"),
         "loss_last": float(f"{sum(losses[-10:]) / max(1, len(losses[-10:])):.4g}"),
         "seconds": round(time.perf_counter() - started, 1),
+        "device": describe(device),
     }

@@ -124,7 +124,7 @@ def _modules():
         """Symmetric int8 per channel along ``axis``, max as the scale: ranges.quantize_weight."""
         reduce = 1 - axis
         scale = (weight.detach().abs().amax(dim=reduce) / 127.0).clamp_min(1e-12)
-        zero = torch.zeros(scale.shape, dtype=torch.int32)
+        zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
         return torch.fake_quantize_per_channel_affine(weight, scale, zero, axis, -127, 127)
 
     class FakeQuantLinear(nn.Module):
@@ -140,7 +140,8 @@ def _modules():
                 kept[torch.from_numpy(scheme.outliers.astype(np.int64))] = 0.0
             self.register_buffer("factor", factor * kept)  # the input transform (Decision.input_transform)
             self.register_buffer("weight_rows", (1.0 / factor) * kept if scheme.smooth is not None else kept)
-            self.outliers = None if scheme.outliers is None else torch.from_numpy(scheme.outliers.astype(np.int64))
+            # a buffer, so that it moves with the module when training runs on a GPU
+            self.register_buffer("outliers", None if scheme.outliers is None else torch.from_numpy(scheme.outliers.astype(np.int64)))
 
         def forward(self, x):  # noqa: ANN001, ANN201
             weight = self.linear.weight
@@ -275,6 +276,7 @@ def train(
     head_size: int,
     classifier: bool,
     progress: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> QatOutcome:
     """Train ``student`` in place under ``scheme`` against ``teacher``; returns it unwrapped with
     the learned input ranges of every linear layer."""
@@ -284,7 +286,7 @@ def train(
     with FakeQuantized(student, scheme, head_size, plan) as quantized:
         recovery = distil(
             student, teacher, training_batches, steps, classifier=classifier, progress=progress,
-            parameter_groups=quantized.parameter_groups(),
+            parameter_groups=quantized.parameter_groups(), device=device,
         )
     schemes = quantized.schemes()  # after the block: keyed by the trained weights of the plain modules
     report = {
@@ -302,6 +304,7 @@ def train(
 def quantization_aware_distillation(
     loaded: Any, teacher: Any, scheme: Int8Scheme, plan: dict[str, LayerScheme], calibration: Any, steps: int,
     progress: Callable[[str], None] = lambda line: None,
+    device: str = "cpu",
 ) -> tuple[Any, QatOutcome]:
     """``loaded`` (possibly pruned) trained for ``steps`` under ``scheme`` and the post-training
     ``plan`` against ``teacher`` (the unpruned fp32 module) on the calibration text; returns a
@@ -323,6 +326,7 @@ def quantization_aware_distillation(
         student, teacher, scheme, plan, batches, steps,
         head_size=loaded.hidden_size // loaded.num_heads, classifier=loaded.task == "text-classification",
         progress=lambda step, loss: progress(f"quantization-aware distillation: step {step}/{steps} (loss {loss:.4f})"),
+        device=device,
     )
     outcome.report["texts"] = len(texts)
     description = f"{loaded.description}, trained for int8 ({steps} steps of quantization-aware distillation)"
