@@ -16,15 +16,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from optimize.api import parity_batches
 from optimize.calibration.batches import length_bucketed_batches
 from optimize.calibration.corpus import calibration_texts
 from optimize.config import CalibrationConfig, ExportJob, PruneConfig
 from optimize.exporter.resolve import resolve
-from optimize.pruning import RECOVERY_TEXTS, _similarity, prune
+from optimize.pruning import RECOVERY_TEXTS, _outputs, _similarity, prune  # the export's own measures
 from optimize.pruning.recover import distil
+from optimize.training import describe, training_device
 
 
 class _OutOfTime(Exception):
@@ -42,8 +41,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/gpu"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    record: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "args": {k: str(v) for k, v in vars(args).items()}}
+    device = training_device("auto")
+    record: dict = {"device": describe(device), "args": {k: str(v) for k, v in vars(args).items()}}
 
     def save() -> None:
         (args.out / "gpu_recovery.json").write_text(json.dumps(record, indent=1))
@@ -60,10 +59,7 @@ def main() -> None:
     save()
 
     student, teacher = outcome.loaded.module, loaded.module
-    reference = {}
     teacher.to(device)
-    from optimize.pruning import _outputs
-
     reference = {key: _outputs(loaded, teacher, batches) for key, batches in sets.items()}
     texts = calibration_texts(None, RECOVERY_TEXTS, calibration.text_column)
     seq_len = min(calibration.seq_len, loaded.max_sequence)

@@ -10,7 +10,7 @@
 #   python -c "from safetensors.torch import load_file, save_file; p='.gpu/model/model.safetensors'; \
 #     save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(p).items()}, p, metadata={'format': 'pt'})"
 # Knobs: STEPS BATCH EVERY BUDGET (seconds before the recovery stops) ROUNDS.
-set -u
+set -uo pipefail
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 T0=$(date +%s)
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; }
@@ -24,12 +24,12 @@ shutil.copytree(".gpu/model", "/tmp/model")
 w = load_file("/tmp/model/model.safetensors")
 save_file({k: v.float() if v.is_floating_point() else v for k, v in w.items()}, "/tmp/model/model.safetensors", metadata={"format": "pt"})
 PY
-mkdir -p $OUT/b
+mkdir -p "$OUT/b"
 ( pin 8-15 python3 -m optimize export /tmp/model --target ort-fp32 --output /tmp/b/fp32 --no-speed --threads 8 --task sentence-embedding \
-  && pin 8-15 python3 -m optimize export /tmp/model --target ort-int8 --output /tmp/b/int8 --no-speed --threads 8 --task sentence-embedding ) > $OUT/export.log 2>&1 &
+  && pin 8-15 python3 -m optimize export /tmp/model --target ort-int8 --output /tmp/b/int8 --no-speed --threads 8 --task sentence-embedding ) > "$OUT/export.log" 2>&1 &
 EXPORTS=$!
-pin 0-7 python3 benchmarks/gpu_recovery.py /tmp/model --steps ${STEPS:-12000} --batch ${BATCH:-32} --every ${EVERY:-1000} --budget-s ${BUDGET:-300} --out $OUT 2>&1 | grep -v "recovery step"
+pin 0-7 python3 benchmarks/gpu_recovery.py /tmp/model --steps ${STEPS:-12000} --batch ${BATCH:-32} --every ${EVERY:-1000} --budget-s ${BUDGET:-300} --out "$OUT" 2>&1 | grep -v "recovery step"
 echo "recovery ended at $(( $(date +%s) - T0 )) s"
-wait $EXPORTS; echo "exports rc $? at $(( $(date +%s) - T0 )) s"; tail -n 12 $OUT/export.log
-python3 -m optimize bench /tmp/b/fp32 /tmp/b/int8 --real-length --batch 8,32 --rounds ${ROUNDS:-5} --out $OUT/b 2>&1 | tail -n 30
+wait $EXPORTS; echo "exports rc $? at $(( $(date +%s) - T0 )) s"; tail -n 12 "$OUT/export.log"
+python3 -m optimize bench /tmp/b/fp32 /tmp/b/int8 --real-length --batch 8,32 --rounds ${ROUNDS:-5} --out "$OUT/b" 2>&1 | tail -n 30
 echo "all done at $(( $(date +%s) - T0 )) s"

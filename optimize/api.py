@@ -27,7 +27,7 @@ from optimize.parity import ParityReport, compare
 from optimize.passes.pipeline import PipelineReport
 from optimize.runtimes.base import Feeds, Runner
 from optimize.textdata import Rows
-from optimize.training import training_device
+from optimize.training import checked_name, training_device
 from optimize.targets import PassContext, Target, get_target
 from optimize.passes.pipeline import Pipeline
 
@@ -268,8 +268,11 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     if job.export.with_tokenizer:
         raw_text_preflight(target, job)
     bundles.preflight(Path(job.output).absolute(), job.force)
-    # checked before minutes of loading and fitting: an unknown or absent device is refused up front
-    train_device = training_device(job.training.device)
+    # checked before minutes of loading and fitting: a misspelt --train-device always, and where
+    # something will train, a device that is absent or cannot compute
+    checked_name(job.training.device)
+    trains = bool((job.prune.enabled and job.prune.recover_steps) or job.quant.qat_steps)
+    train_device = training_device(job.training.device) if trains else "cpu"
 
     reporter.phase("loading the model")
     loaded = resolve(job.model, job.export.task if job.export.task else None, seed=job.seed)
@@ -311,7 +314,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     qat = None
     if job.quant.qat_steps:
         assert target.int8 is not None
-        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter, train_device)
+        layer_map = pruning["layers_kept"] if pruning else None  # --drop-layers: which teacher layer each one learns
+        loaded, qat = _quantization_aware(loaded, reference, target, job, reporter, train_device, layer_map)
 
     reporter.phase("exporting to ONNX")
     exported = export(loaded, job.export)
@@ -489,7 +493,8 @@ def accuracy_gate(reference: LoadedModel, candidate: Runner, loaded: LoadedModel
 
 
 def _quantization_aware(  # -> (LoadedModel, QatOutcome)
-    loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter, device: str
+    loaded: LoadedModel, reference: LoadedModel, target: Target, job: ExportJob, reporter: Reporter, device: str,
+    layer_map: list[int] | None,
 ):
     """--qat: the post-training int8 plan first (the target's passes on a first export), then the
     model trained under it against the unpruned fp32 model."""
@@ -502,12 +507,13 @@ def _quantization_aware(  # -> (LoadedModel, QatOutcome)
     Pipeline(passes).run(export(loaded, job.export).model)
     plan = next(p for p in passes if isinstance(p, Int8Pass)).plan
     trained, qat = quantization_aware_distillation(
-        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase, device=device
+        loaded, reference.module, target.int8, plan, job.calibration, job.quant.qat_steps, progress=reporter.phase, device=device,
+        layer_map=layer_map,
     )
     reporter.note(
         f"quantization-aware distillation: {len(plan)} int8 layers planned, {job.quant.qat_steps} steps on "
-        f"{qat.report['texts']} texts on {qat.report['device']}, loss {qat.report['loss_first']} -> {qat.report['loss_last']} "
-        f"({qat.report['seconds']:.0f} s)"
+        f"{qat.report['texts']} texts on {qat.report['device']}, loss {qat.report['loss_first']} -> {qat.report['loss_last']}, "
+        f"{qat.report['seconds']:.0f} s"
     )
     return trained, qat
 
@@ -542,7 +548,7 @@ def prune_summary(report: dict[str, Any]) -> str:
 
     figures = ", ".join(figure(name, s) for name, s in stages)
     recovery = report["recovery"]
-    trained = f"; recovery {recovery['steps']} steps on {recovery['device']} ({recovery['seconds']:.0f} s)" if recovery else ""
+    trained = f"; recovery {recovery['steps']} steps on {recovery['device']}, {recovery['seconds']:.0f} s" if recovery else ""
     return (
         f"pruned: encoder parameters {report['encoder_params_after'] / 1e6:.2f}M of {report['encoder_params_before'] / 1e6:.2f}M "
         f"({report['encoder_params_kept_share']:.0%}), heads kept {report['heads_kept']}, FFN neurons kept "

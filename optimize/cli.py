@@ -512,6 +512,7 @@ def tune(
     objective: Annotated[str, typer.Option("--objective", help="latency (speed ratio at --batch), throughput (the same at a larger batch, default 8) or size.")] = "latency",
     prune: Annotated[str, typer.Option("--prune", help="Pruning fractions to search, comma-separated (0: no cut).")] = "0,0.1,0.2,0.3",
     recover: Annotated[str, typer.Option("--recover", help="Recovery steps to search for cut candidates, comma-separated.")] = "0,400",
+    train_device: Annotated[str, typer.Option("--train-device", help="Where trials with recovery train: auto (a CUDA GPU if the node's PyTorch sees one, else the CPU), cpu, cuda or cuda:N.")] = "auto",
     trials: Annotated[Optional[int], typer.Option("--trials", help="Start at most this many new trials in this run.")] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Minutes: no trial starts that is expected to end past this (0: no limit).")] = 40.0,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Batch every trial is timed at (default 1; 8 with --objective throughput).")] = None,
@@ -525,12 +526,14 @@ def tune(
     trial_memory: Annotated[Optional[float], typer.Option("--trial-memory", help="GiB of memory each trial worker asks Ray for.")] = None,
 ) -> None:
     """Search target x pruning x recovery x int8 budget for the fastest artifact that meets the goal."""
-    from optimize.config import ExportConfig, ExportJob
+    from optimize.config import ExportConfig, ExportJob, TrainingConfig
     from optimize.exporter.resolve import locate
+    from optimize.training import checked_name
     from optimize.targets import get_target
     from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune as run_tune
     from optimize.tune.space import OBJECTIVES
 
+    checked_name(train_device)  # whether the device is there is each node's question, at its first recovery
     if address is None:  # on a cluster the model's path need only exist on the nodes
         locate(model)  # a missing model is one line now, not an error recorded by every trial
     parsed_goal = parse_goal(goal, eval_data, max_accuracy_drop, text_column, label_column)
@@ -564,7 +567,10 @@ def tune(
         raise InputError(f"--trial-cpus must be positive, got {trial_cpus}", "pass e.g. --trial-cpus 1")
     seq_len = max(128, seq)
     cfg = TuneConfig(
-        base=ExportJob(model=model, target="ort-fp32", output=output, export=ExportConfig(task=task or "", seq_len=seq_len)),
+        base=ExportJob(
+            model=model, target="ort-fp32", output=output, export=ExportConfig(task=task or "", seq_len=seq_len),
+            training=TrainingConfig(device=train_device),
+        ),
         output=output,
         goal=parsed_goal,
         objective=objective,

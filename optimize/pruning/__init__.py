@@ -181,4 +181,6 @@ def prune(
     }
     dropped_note = f", {len(teacher_layers) - len(kept_layers)} of {len(teacher_layers)} layers dropped" if cfg.drop_layers else ""
     description = f"{loaded.description}, pruned to {kept / total:.0%} of its encoder parameters{dropped_note}"
-    return PruneOutcome(dataclasses.replace(loaded, module=student, description=description), report)
+    # num_layers follows --drop-layers: the fusion pass expects one fused attention per layer left
+    pruned = dataclasses.replace(loaded, module=student, description=description, num_layers=len(kept_layers))
+    return PruneOutcome(pruned, report)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from optimize.runtimes.base import Feeds
-from optimize.training import describe
+from optimize.training import describe, release, training_failed
 
 LEARNING_RATE = 2e-4
 #: a fine-tuned classifier drifts from its task at the encoder's rate: the embedded BERT fine-tuned
@@ -51,9 +51,13 @@ def distil(
         student.to(device)
         teacher.to(device)
         return _train(student, teacher, batches, steps, classifier, progress, parameter_groups, layer_map, device)
-    finally:  # the exporter and the parity reference read CPU modules
-        student.to("cpu")
-        teacher.to("cpu")
+    except Exception as exc:
+        failure = training_failed(device, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    finally:
+        release(device, student, teacher)
 
 
 def _train(

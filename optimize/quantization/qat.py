@@ -277,16 +277,18 @@ def train(
     classifier: bool,
     progress: Callable[[int, float], None] | None = None,
     device: str = "cpu",
+    layer_map: list[int] | None = None,
 ) -> QatOutcome:
     """Train ``student`` in place under ``scheme`` against ``teacher``; returns it unwrapped with
-    the learned input ranges of every linear layer."""
+    the learned input ranges of every linear layer. ``layer_map``: the teacher layer each student
+    layer is trained towards, where --drop-layers removed some (recover.distil)."""
     from optimize.pruning.recover import distil
 
     started = time.perf_counter()
     with FakeQuantized(student, scheme, head_size, plan) as quantized:
         recovery = distil(
             student, teacher, training_batches, steps, classifier=classifier, progress=progress,
-            parameter_groups=quantized.parameter_groups(), device=device,
+            parameter_groups=quantized.parameter_groups(), device=device, layer_map=layer_map,
         )
     schemes = quantized.schemes()  # after the block: keyed by the trained weights of the plain modules
     report = {
@@ -305,6 +307,7 @@ def quantization_aware_distillation(
     loaded: Any, teacher: Any, scheme: Int8Scheme, plan: dict[str, LayerScheme], calibration: Any, steps: int,
     progress: Callable[[str], None] = lambda line: None,
     device: str = "cpu",
+    layer_map: list[int] | None = None,
 ) -> tuple[Any, QatOutcome]:
     """``loaded`` (possibly pruned) trained for ``steps`` under ``scheme`` and the post-training
     ``plan`` against ``teacher`` (the unpruned fp32 module) on the calibration text; returns a
@@ -326,7 +329,7 @@ def quantization_aware_distillation(
         student, teacher, scheme, plan, batches, steps,
         head_size=loaded.hidden_size // loaded.num_heads, classifier=loaded.task == "text-classification",
         progress=lambda step, loss: progress(f"quantization-aware distillation: step {step}/{steps} (loss {loss:.4f})"),
-        device=device,
+        device=device, layer_map=layer_map,
     )
     outcome.report["texts"] = len(texts)
     description = f"{loaded.description}, trained for int8 ({steps} steps of quantization-aware distillation)"

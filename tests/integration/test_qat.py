@@ -78,3 +78,23 @@ def test_qat_on_a_target_that_is_not_int8_is_one_line(tiny_model_dir, tmp_path):
     result = optimize("export", str(tiny_model_dir("bert")), "--target", "ort-fp32", "--qat", "10", "--output", str(tmp_path / "o"))
     assert_one_line_error(result, "--qat", "not an int8 target", code=2)
     assert not (tmp_path / "o").exists()
+
+
+def test_qat_after_dropped_layers_learns_from_the_teacher_layers_kept(tiny_model_dir, quick_job, tmp_path):
+    """--drop-layers with --qat: the student has fewer layers than its teacher, so each one is
+    trained towards the teacher layer it was (this was an internal error: zip() of unequal
+    lengths); and the fusion pass expects one fused attention per layer left, not per layer before."""
+    import dataclasses
+
+    from optimize.api import export_model
+    from optimize.config import CalibrationConfig, PruneConfig, QuantConfig
+
+    job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o", target="ort-int8")
+    job = dataclasses.replace(
+        job, prune=PruneConfig(drop_layers=1), quant=QuantConfig(qat_steps=5), calibration=CalibrationConfig(size=48, seq_len=64)
+    )
+    manifest = export_model(job).manifest
+    assert manifest["qat"]["steps"] == 5 and manifest["pruning"]["layers_kept"] in ([0], [1])
+    fusion = next(p for p in manifest["passes"]["passes"] if p["name"] == "ort-fusion")["stats"]
+    assert fusion["fused_ops"]["Attention"] == 1 and not fusion["not_fused"] and not fusion["missing"], fusion
+    assert manifest["source"]["layers"] == 1
