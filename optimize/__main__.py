@@ -1,5 +1,8 @@
 import sys
 
-from optimize.launch import run
+from optimize.launch import exit_interrupted, run
 
-sys.exit(run())
+code = run()
+if code == 130:
+    exit_interrupted()
+sys.exit(code)

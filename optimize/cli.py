@@ -30,6 +30,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from optimize.errors import EXIT_CODES, INTERRUPTED, TERMINATED, InputError, Interrupted, OptimizeError, Terminated
+from optimize.launch import MODEL_LIBRARIES, RUNTIME_LIBRARIES, native_imports
 
 app = typer.Typer(
     name="optimize",
@@ -118,6 +119,7 @@ def export(
     seed: Annotated[int, typer.Option(help="Seed for anything random (a new classification head).")] = 0,
 ) -> None:
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
+    native_imports(MODEL_LIBRARIES)
     from optimize.api import export_model
     from optimize.config import (
         CalibrationConfig,
@@ -266,6 +268,7 @@ def build(
     workspace: Annotated[Optional[int], typer.Option(help="Builder workspace in MiB (default: as the manifest records, 4096 at export).")] = None,
 ) -> None:
     """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
+    native_imports(MODEL_LIBRARIES)
     from optimize.api import build_bundle
 
     overrides = build_overrides(batch, seq_len, workspace)
@@ -316,6 +319,7 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="A bundle folder or an .onnx file.")],
 ) -> None:
     """Show what a bundle or an ONNX file holds: inputs, outputs, operators, sizes, parity."""
+    native_imports(("numpy", "onnx"))
     from optimize.inspection import describe
 
     for line in describe(path):
@@ -332,6 +336,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch.")] = 32,
 ) -> None:
     """The bundle and the PyTorch model it came from on labelled rows: both classification reports, agreement, the accuracy lost."""
+    native_imports(MODEL_LIBRARIES)
     from optimize.evaluation import confusion_png, evaluate as run_eval
     from optimize.textdata import read_rows
 
@@ -385,6 +390,7 @@ def run_bundle(
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: one per physical core).")] = 0,
 ) -> None:
     """Run a bundle on texts and print one JSON line per input: an embedding, a label and score, entities, or an answer."""
+    native_imports(RUNTIME_LIBRARIES)
     from optimize.inference import load
     from optimize.runinput import run_inputs
 
@@ -448,6 +454,7 @@ def bench(
         results = [report.load_result(p) for p in [*merge_files, *(bundles or [])]]
         out.print(report.merge(results), markup=False)
         return
+    native_imports(MODEL_LIBRARIES)  # nothing is written before the timing starts
     from optimize.bench.run import run_bench
     from optimize.config import BenchConfig
 
@@ -692,6 +699,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(TERMINATED)
 
 
+def _on_sigint(signum: int, frame: object) -> None:
+    """Python's own Ctrl-C, remembered: a library can turn the KeyboardInterrupt into another
+    error on its way out (a native module interrupted while it loads raises ImportError
+    "initialization failed"), and the command must still say it was interrupted."""
+    _signals_received.append(signum)
+    raise KeyboardInterrupt
+
+
 def _committed_bundles() -> list:
     """The bundles this process has put in place (none when optimize.bundle was never imported)."""
     bundle = sys.modules.get("optimize.bundle")
@@ -732,7 +747,17 @@ def main(argv: list[str] | None = None) -> int:
     _signals_received.clear()
     _committed_bundles().clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sigint = signal.getsignal(signal.SIGINT)
+    if sigint is signal.default_int_handler:  # a Ctrl-C the parent ignores stays ignored
+        signal.signal(signal.SIGINT, _on_sigint)
     sys.unraisablehook = _on_unraisable
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+
+
+def _main(argv: list[str] | None) -> int:
     debug = os.environ.get("OPTIMIZE_DEBUG", "") not in ("", "0")
     try:
         command = typer.main.get_command(app)  # inside the try: Ctrl-C lands here too (a tenth of a second)
@@ -744,6 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     except OptimizeError as exc:
         if debug:
             raise
+        if _signals_received:  # whatever the interrupt became on its way out, it was an interrupt
+            err.print(_interrupt_line(), markup=False)
+            return 130
         err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
         return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -762,6 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:
             raise
+        if _signals_received:
+            err.print(_interrupt_line(), markup=False)
+            return 130
         err.print(
             f"internal error: {exc.__class__.__name__}: {_one_line(str(exc))[:300]}; re-run with OPTIMIZE_DEBUG=1 "
             "for the traceback and report it",

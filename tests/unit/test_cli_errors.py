@@ -81,3 +81,30 @@ def test_bench_and_serve_refuse_what_they_would_silently_misread(argv, expected,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
     assert not (tmp_path / "bench-out").exists()
+
+
+@pytest.mark.parametrize("becomes", ["InputError", "ImportError"])
+def test_an_interrupt_a_library_turned_into_another_error_is_still_an_interrupt(becomes, monkeypatch, capsys):
+    """A native module interrupted while it loads raises ImportError "initialization failed", and
+    the model loader wraps that in its own error: the user pressed Ctrl-C and must read so."""
+    from optimize.errors import InputError
+
+    def export_whose_library_converts_the_interrupt(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        except KeyboardInterrupt as exc:
+            if becomes == "InputError":
+                raise InputError("could not load the model in m: initialization failed", "check the folder") from exc
+            raise ImportError("initialization failed") from exc
+        pytest.fail("the SIGINT was not delivered")
+
+    monkeypatch.setattr(api, "export_model", export_whose_library_converts_the_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal has it
+    try:
+        code, err = _run(capsys)
+        handed_back = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and err.startswith("error: interrupted") and err.count("\n") == 1, err
+    assert handed_back is signal.default_int_handler  # main hands Ctrl-C back as it found it
