@@ -24,16 +24,32 @@ class PruningLayout:
     ``layers`` runs from the base model to the layers (``*`` expands a ModuleList); the other
     paths run from one layer. Each linear is a ``torch.nn.Linear`` whose output features are
     heads (Q, K, V), or whose input features are heads (``output``) or neurons (``ffn_out``).
+
+    Post-norm layers (BERT) add each branch to the residual and normalise the sum; pre-norm
+    layers (ModernBERT) normalise each branch's input. Either way the reconstruction fits each
+    branch to the residual sum after it: ``attention_norm`` and ``ffn_norm`` name the modules
+    that sum enters, and ``ffn_norm`` "" means the layer's own output (pre-norm: the next
+    layer's norm reads it).
     """
 
     layers: str
     attention: str  # the module holding Q, K and V ("" is the layer itself)
-    qkv: tuple[str, str, str]
+    #: three linears (Q, K, V), or one whose output features are Q, K and V stacked (ModernBERT's Wqkv)
+    qkv: tuple[str, ...]
     output: str
     attention_norm: str
     ffn_in: str
     ffn_out: str
     ffn_norm: str
+    #: the first FFN linear writes two halves, the value and its gate (GeGLU): neuron j is its
+    #: output features j and j + neurons
+    gated_ffn: bool = False
+    #: further linears of the attention module whose output features are heads, cut with them
+    #: and not counted or re-fitted (DeBERTa's separate position projections, where a model has them)
+    head_projections: tuple[str, ...] = ()
+    #: the least-squares fit may re-fit Q and K to the content inputs. False where Q and K also
+    #: project something the fit does not see (DeBERTa's relative position embeddings): V only.
+    fit_qk: bool = True
     #: an input of the attention module that carries one slice per head and is computed once
     #: for all layers (MPNet's relative position bias): (positional index, keyword name). A layer
     #: that keeps fewer heads gets that input cut to its heads.
@@ -148,6 +164,20 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "deberta-v2",
             ("bias_gelu",),
+            pruning=PruningLayout(
+                layers="encoder.layer.*",
+                attention="attention.self",
+                qkv=("query_proj", "key_proj", "value_proj"),
+                output="attention.output.dense",
+                attention_norm="attention.output.LayerNorm",
+                ffn_in="intermediate.dense",
+                ffn_out="output.dense",
+                ffn_norm="output.LayerNorm",
+                # without share_att_key the relative embeddings have projections of their own
+                head_projections=("pos_key_proj", "pos_query_proj"),
+                # with it (DeBERTa-v3) Q and K also project the relative position embeddings
+                fit_qk=False,
+            ),
             unfused={
                 "attention": "disentangled attention (content-to-position and position-to-content terms gathered by "
                 "relative distance) has no ONNX Runtime CPU kernel; it runs as MatMul/Softmax"
@@ -162,6 +192,17 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "the angles, not ModernBERT's Mul form, so RoPE runs as Mul, Slice, Neg, Concat",
             },
             rules=("rotary",),
+            pruning=PruningLayout(
+                layers="layers.*",
+                attention="attn",
+                qkv=("Wqkv",),
+                output="attn.Wo",
+                attention_norm="mlp_norm",  # pre-norm: the residual after attention enters the MLP's norm
+                ffn_in="mlp.Wi",
+                ffn_out="mlp.Wo",
+                ffn_norm="",  # the residual after the MLP is the layer's output
+                gated_ffn=True,
+            ),
             # SDPA's boolean mask leaves a padded query whose local window holds only padding
             # with no key at all, and PyTorch and the exported graph fill that row differently
             # (8e-3 apart after the final norm). Eager attention adds a finite minimum instead:
@@ -171,12 +212,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     )
 }
 
-#: why pruning is unavailable, for the families that have no layout
-NOT_PRUNABLE = {
-    "deberta-v2": "its disentangled attention projects the relative position embeddings with the same Q and K "
-    "matrices, which a head cut would have to follow",
-    "modernbert": "its Q, K and V are one fused matrix and its FFN is gated (GeGLU)",
-}
+#: why pruning is unavailable, for tested families that have no layout (none today)
+NOT_PRUNABLE: dict[str, str] = {}
 
 
 def generic(model_type: str) -> Architecture:

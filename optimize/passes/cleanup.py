@@ -6,6 +6,8 @@ Q/K/V Concats of initializers and orphaned weights behind).
 
 from __future__ import annotations
 
+import logging
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
@@ -28,6 +30,19 @@ def make_initializers_contiguous(model: ir.Model) -> int:
             value.const_value = ir.Tensor(np.ascontiguousarray(tensor.raw), name=tensor.name)
             fixed += 1
     return fixed
+
+
+class _MultiOutputFoldingNotice(logging.Filter):
+    """onnxscript's constant folder warns for every constant node it leaves alone because the
+    node has several outputs (DeBERTa's LayerNorm of its relative position embeddings: six lines
+    an export on the user's console). Nothing is wrong then, the node just runs: that notice,
+    and only it, is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Skipping constant folding for op %s with multiple outputs")
+
+
+logging.getLogger("onnxscript.optimizer._constant_folding").addFilter(_MultiOutputFoldingNotice())
 
 
 class CleanupPass(OptimizePass):

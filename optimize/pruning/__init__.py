@@ -123,7 +123,7 @@ def prune(
 
     progress("pruning: scoring heads and FFN neurons")
     scores = importance.measure(student, layers, fit_batches)
-    selection = importance.select(scores, layers, loaded.hidden_size, cfg.fraction, cfg.what)
+    selection = importance.select(scores, layers, cfg.fraction, cfg.what)
     for layer, heads, neurons in zip(layers, selection.heads, selection.neurons):
         if len(heads) < layer.heads:
             structure.keep_heads(student, layer, heads)

@@ -103,7 +103,7 @@ HEAD_SHARE = 2 / 3
 MIN_NEURON_SHARE = 1 / 16
 
 
-def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: float, what: str = "both") -> Selection:
+def select(scores: Scores, layers: list[LayerParts], fraction: float, what: str = "both") -> Selection:
     """Remove the lowest-scoring heads and neurons until ``fraction`` of the encoder parameters
     are gone. Heads compete with heads and neurons with neurons, across all layers (so layers
     keep different amounts); with "both" the budget is split between the kinds by HEAD_SHARE.
@@ -130,7 +130,7 @@ def select(scores: Scores, layers: list[LayerParts], hidden: int, fraction: floa
         spent = 0
         for _, layer_index, index in ranked:
             layer = layers[layer_index]
-            cost = head_cost(hidden, layer.head_size) if kind == "head" else neuron_cost(hidden)
+            cost = head_cost(layer) if kind == "head" else neuron_cost(layer)
             if spent >= budgets[kind]:  # the last cut may overshoot by one head or neuron: "at most" is kept
                 break
             floor = 1 if kind == "head" else max(1, int(layer.neurons * MIN_NEURON_SHARE))

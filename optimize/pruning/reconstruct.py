@@ -15,13 +15,13 @@ the kept rows' scales by least squares; this fits the whole matrix, which has mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from optimize.pruning.structure import LayerParts
+from optimize.pruning.structure import LayerParts, unit_index
 from optimize.runtimes.base import Feeds
 
 #: ridge strength relative to the mean diagonal of the Gram matrix: keeps near-collinear
@@ -109,16 +109,31 @@ def _real(tensor: Any, real: Any, exact: bool = True) -> Any:
     return rows.double() if exact else rows.float()
 
 
-def _capture(block: Any, projection: Any, norm: Any, calls: list[_BlockCall]) -> Iterator[tuple[Any, ...]]:
-    """Per batch (projection input, projection output, norm input), real tokens only; the layer
-    runs only as far as ``norm``. Yielded batch by batch: the FFN's input is 4x the hidden
-    width, and keeping every batch of it in float64 would take GBs for BERT-base and larger."""
+def _sum_hook(block: Any, norm: Any | None, keep: Callable[[Any], None], stop: bool) -> Any:
+    """Hand ``keep`` the residual sum a branch of ``block`` ends in: what enters ``norm``
+    (post-norm layers, and a pre-norm layer's attention), or with ``norm`` None what the layer
+    returns (a pre-norm layer's FFN). With ``stop`` the layer's forward ends there."""
+
+    def at_norm(_m: Any, args: tuple) -> None:
+        keep(args[0])
+        if stop:
+            raise _Stop()
+
+    if norm is not None:
+        return norm.register_forward_pre_hook(at_norm)
+    return block.register_forward_hook(lambda _m, _args, out: keep(out[0] if isinstance(out, tuple) else out))
+
+
+def _capture(block: Any, projection: Any, norm: Any | None, calls: list[_BlockCall]) -> Iterator[tuple[Any, ...]]:
+    """Per batch (projection input, projection output, residual sum after it), real tokens only;
+    the layer runs only as far as that sum. Yielded batch by batch: the FFN's input is 4x the
+    hidden width, and keeping every batch of it in float64 would take GBs for BERT-base and larger."""
     import torch
 
     seen: dict[str, Any] = {}
     handles = [
         projection.register_forward_hook(lambda _m, args, out: seen.update(x=args[0], z=out)),
-        norm.register_forward_pre_hook(lambda _m, args: (seen.update(s=args[0]), (_ for _ in ()).throw(_Stop()))),
+        _sum_hook(block, norm, lambda s: seen.update(s=s), stop=True),
     ]
     try:
         for call in calls:
@@ -134,14 +149,15 @@ def _capture(block: Any, projection: Any, norm: Any, calls: list[_BlockCall]) ->
             handle.remove()
 
 
-def _norm_inputs(block: Any, norms: tuple[Any, Any], calls: list[_BlockCall]) -> tuple[list[Any], list[Any]]:
-    """What enters each of the layer's two norms, per batch, real tokens only (one layer call)."""
+def _norm_inputs(block: Any, norms: tuple[Any, Any | None], calls: list[_BlockCall]) -> tuple[list[Any], list[Any]]:
+    """The residual sums after each of the layer's two branches, per batch, real tokens only
+    (one layer call)."""
     import torch
 
     captured: tuple[list[Any], list[Any]] = ([], [])
     real: dict[str, Any] = {}
     handles = [
-        norm.register_forward_pre_hook(lambda _m, args, i=i: captured[i].append(_real(args[0], real["mask"], exact=False)))
+        _sum_hook(block, norm, lambda s, i=i: captured[i].append(_real(s, real["mask"], exact=False)), stop=False)
         for i, norm in enumerate(norms)
     ]
     try:
@@ -168,14 +184,16 @@ def _solve(linears: tuple[Any, ...], stream: Iterator[tuple[Any, Any, Any]], pri
     """
     import torch
 
-    width = linears[0].in_features + 1
+    # a bias is fitted where the linears have one (ModernBERT's have none); they share one input
+    biased = linears[0].bias is not None
+    width = linears[0].in_features + int(biased)
     outputs = sum(linear.out_features for linear in linears)
     gram_sum = torch.zeros((width, width), dtype=torch.float64)
     cross_sum = torch.zeros((width, outputs), dtype=torch.float64)
     target_energy = 0.0
     with torch.inference_mode():
         for x, target, weight in stream:
-            design = torch.cat([x, torch.ones((x.shape[0], 1), dtype=torch.float64)], dim=1)
+            design = torch.cat([x, torch.ones((x.shape[0], 1), dtype=torch.float64)], dim=1) if biased else x
             weighted = design * weight[:, None]
             gram_sum += weighted.T @ design
             cross_sum += weighted.T @ target
@@ -185,7 +203,11 @@ def _solve(linears: tuple[Any, ...], stream: Iterator[tuple[Any, Any, Any]], pri
     rhs = cross
     if prior:
         current = np.concatenate(
-            [np.vstack([linear.weight.detach().double().numpy().T, linear.bias.detach().double().numpy()[None]]) for linear in linears], axis=1
+            [
+                np.vstack([linear.weight.detach().double().numpy().T, *([linear.bias.detach().double().numpy()[None]] if biased else [])])
+                for linear in linears
+            ],
+            axis=1,
         )
         rhs = cross + ridge * current
     solution = np.linalg.solve(gram + ridge * np.eye(width), rhs)
@@ -196,8 +218,10 @@ def _solve(linears: tuple[Any, ...], stream: Iterator[tuple[Any, Any, Any]], pri
         for linear in linears:
             part = solution[:, start : start + linear.out_features]
             start += linear.out_features
-            linear.weight.copy_(torch.from_numpy(part[:-1].T.copy()).to(linear.weight.dtype))
-            linear.bias.copy_(torch.from_numpy(part[-1].copy()).to(linear.bias.dtype))
+            weights = part[:-1] if biased else part
+            linear.weight.copy_(torch.from_numpy(weights.T.copy()).to(linear.weight.dtype))
+            if biased:
+                linear.bias.copy_(torch.from_numpy(part[-1].copy()).to(linear.bias.dtype))
     return residual_energy / max(target_energy, 1e-30)
 
 
@@ -217,7 +241,9 @@ def _input_side(
     import torch
 
     seen: dict[str, Any] = {}
-    outputs: list[Any] = []
+    # each teacher linear's first call: DeBERTa's Q and K are called again on the relative
+    # position embeddings before the layer reaches ``t_stop``
+    outputs: dict[int, Any] = {}
 
     def stop(*_: Any) -> None:
         raise _Stop()
@@ -226,7 +252,13 @@ def _input_side(
         seen["x"] = args[0]
         raise _Stop()
 
-    handles = [t.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for t in t_linears]
+    def first_output(index: int) -> Callable[..., None]:
+        def hook(_m: Any, _args: tuple, out: Any) -> None:  # returns None: the output stays the module's
+            outputs.setdefault(index, out)
+
+        return hook
+
+    handles = [t.register_forward_hook(first_output(i)) for i, t in enumerate(t_linears)]
     handles.append(t_stop.register_forward_pre_hook(stop))
     handles.append(s_linear.register_forward_pre_hook(student_input))
     try:
@@ -238,18 +270,11 @@ def _input_side(
                         block(*call.args, **call.kwargs)
                     except _Stop:
                         pass
-                target = torch.cat([_real(out, t_call.real) for out in outputs], dim=1)[:, kept]
+                target = torch.cat([_real(outputs[i], t_call.real) for i in range(len(t_linears))], dim=1)[:, kept]
             yield _real(seen["x"], s_call.real), target, s_call.weight
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _kept_columns(kept_units: list[int], unit: int, copies: int, width: int) -> Any:
-    """Output features of ``copies`` side-by-side linears of ``width`` each, for kept units of ``unit`` features."""
-    import torch
-
-    return torch.tensor([c * width + u * unit + i for c in range(copies) for u in kept_units for i in range(unit)], dtype=torch.long)
 
 
 def reconstruct(
@@ -276,6 +301,8 @@ def reconstruct(
     ``teacher_of[k]``: the teacher layer the student's layer k is fitted to (layers dropped from
     the student are run in the teacher only); ``kept_heads`` and ``kept_neurons`` are per student layer.
     """
+    import torch
+
     teacher_of = teacher_of if teacher_of is not None else list(range(len(student_layers)))
     student_calls = _first_block_calls(student, student_layers[0].block, batches)
     teacher_calls = _first_block_calls(teacher, teacher_layers[0].block, batches)
@@ -289,11 +316,16 @@ def reconstruct(
         targets = _norm_inputs(t_layer.block, (t_layer.attention_norm, t_layer.ffn_norm), teacher_calls)
         row = {}
         if INPUT_SIDE:
-            qkv = _kept_columns(kept_heads[index], t_layer.head_size, 3, t_layer.qkv[0].out_features)
-            row["qkv"] = round(_solve(s_layer.qkv, _input_side(s_layer.block, s_layer.qkv[0], t_layer.block, t_layer.qkv, t_layer.output, qkv, student_calls, teacher_calls), prior=True), 5)
+            # the teacher's Q, K and V outputs side by side (or its fused QKV output: the same
+            # layout), at the kept heads of the copies the student's fitted linears write
+            fitted, first = s_layer.fitted_qkv()
+            width = t_layer.heads * t_layer.head_size
+            qkv = torch.cat([unit_index(kept_heads[index], t_layer.head_size, 1, width) + c * width for c in range(first, 3)])
+            s_stream = _input_side(s_layer.block, fitted[0], t_layer.block, t_layer.qkv, t_layer.output, qkv, student_calls, teacher_calls)
+            row["qkv" if len(fitted) > 1 or s_layer.fused_qkv else "v"] = round(_solve(fitted, s_stream, prior=True), 5)
         row["attention"] = round(_solve((s_layer.output,), _output_side(_capture(s_layer.block, s_layer.output, s_layer.attention_norm, student_calls), targets[0]), prior=OUTPUT_PRIOR), 5)
         if INPUT_SIDE:
-            neurons = _kept_columns(kept_neurons[index], 1, 1, t_layer.ffn_in.out_features)
+            neurons = unit_index(kept_neurons[index], 1, t_layer.ffn_copies, t_layer.neurons)
             row["ffn_in"] = round(_solve((s_layer.ffn_in,), _input_side(s_layer.block, s_layer.ffn_in, t_layer.block, (t_layer.ffn_in,), t_layer.ffn_out, neurons, student_calls, teacher_calls), prior=True), 5)
         row["ffn"] = round(_solve((s_layer.ffn_out,), _output_side(_capture(s_layer.block, s_layer.ffn_out, s_layer.ffn_norm, student_calls), targets[1]), prior=OUTPUT_PRIOR), 5)
         fits.append(row)

@@ -23,30 +23,49 @@ class LayerParts:
     """Handles on one encoder layer's linear modules (torch.nn.Linear) and its norms."""
 
     block: Any  # the whole layer module, called alone by the reconstruction
-    attention: Any  # module holding query/key/value (or q_lin/k_lin/v_lin)
-    names: tuple[str, str, str]
+    attention: Any  # module holding query/key/value (or q_lin/k_lin/v_lin, or one fused Wqkv)
+    names: tuple[str, ...]  # Q, K and V's attribute names, or the one fused linear's
     output: Any  # attention output projection
-    attention_norm: Any  # LayerNorm after the attention residual
+    attention_norm: Any  # the module the residual sum after attention enters
     ffn_in: Any
     ffn_out: Any
-    ffn_norm: Any
+    ffn_norm: Any | None  # the module the residual sum after the FFN enters (None: the layer's output)
     head_size: int
+    gated: bool = False  # ffn_in writes [value, gate] halves (GeGLU)
+    head_projections: tuple[str, ...] = ()  # more linears whose outputs are heads, cut with them
+    fit_qk: bool = True
 
     @property
     def linears(self) -> tuple[Any, ...]:
         return (*self.qkv, self.output, self.ffn_in, self.ffn_out)
 
     @property
-    def qkv(self) -> tuple[Any, Any, Any]:
-        return tuple(getattr(self.attention, n) for n in self.names)  # type: ignore[return-value]
+    def qkv(self) -> tuple[Any, ...]:
+        return tuple(getattr(self.attention, n) for n in self.names)
+
+    @property
+    def fused_qkv(self) -> bool:
+        return len(self.names) == 1
 
     @property
     def heads(self) -> int:
-        return self.qkv[0].out_features // self.head_size
+        return sum(linear.out_features for linear in self.qkv) // (3 * self.head_size)
+
+    @property
+    def ffn_copies(self) -> int:
+        """Output features of ffn_in per neuron: 2 for a gated FFN (its value and its gate)."""
+        return 2 if self.gated else 1
 
     @property
     def neurons(self) -> int:
-        return self.ffn_in.out_features
+        return self.ffn_in.out_features // self.ffn_copies
+
+    def fitted_qkv(self) -> tuple[tuple[Any, ...], int]:
+        """The Q/K/V linears the least-squares fit re-fits, and which copies of the per-head
+        features they write (0 Q, 1 K, 2 V): all three, or V alone where Q and K are not fitted."""
+        if self.fit_qk or self.fused_qkv:
+            return self.qkv, 0
+        return (self.qkv[2],), 2
 
 
 def _at(root: Any, path: str) -> list[Any]:
@@ -87,7 +106,11 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
         layers.append(
             LayerParts(
                 layer, attention, layout.qkv, _one(layer, layout.output), _one(layer, layout.attention_norm),
-                _one(layer, layout.ffn_in), _one(layer, layout.ffn_out), _one(layer, layout.ffn_norm), head_size,
+                _one(layer, layout.ffn_in), _one(layer, layout.ffn_out),
+                _one(layer, layout.ffn_norm) if layout.ffn_norm else None, head_size,
+                gated=layout.gated_ffn,
+                head_projections=tuple(name for name in layout.head_projections if hasattr(attention, name)),
+                fit_qk=layout.fit_qk,
             )
         )
     return layers
@@ -122,13 +145,16 @@ def encoder_params(layers: list[LayerParts]) -> int:
     return sum(linear_params(lin) for layer in layers for lin in layer.linears)
 
 
-def head_cost(hidden: int, head_size: int) -> int:
-    """Parameters one head removes: Q/K/V columns with their biases, output-projection rows."""
-    return 3 * (hidden * head_size + head_size) + hidden * head_size
+def head_cost(layer: LayerParts) -> int:
+    """Parameters one head of ``layer`` removes: its Q/K/V output features with their biases,
+    and its input features of the output projection."""
+    rows = sum(linear_params(linear) for linear in layer.qkv) // (3 * layer.heads) * 3
+    return rows + layer.head_size * layer.output.out_features
 
 
-def neuron_cost(hidden: int) -> int:
-    return hidden + 1 + hidden
+def neuron_cost(layer: LayerParts) -> int:
+    """Parameters one FFN neuron of ``layer`` removes (both halves of a gated FFN's first linear)."""
+    return linear_params(layer.ffn_in) // layer.neurons + layer.ffn_out.out_features
 
 
 def macs_per_token(layers: list[LayerParts], seq_len: int) -> int:
@@ -160,12 +186,25 @@ def _set(owner: Any, name: str, value: Any) -> None:
     setattr(owner, name, value)
 
 
+def unit_index(units: list[int], unit: int, copies: int, width: int) -> Any:
+    """Output features to keep of a linear that writes ``copies`` blocks of ``width`` side by
+    side (Q, K and V fused; a gated FFN's value and gate), for the kept ``units`` of ``unit``
+    features each."""
+    import torch
+
+    return torch.tensor([c * width + u * unit + i for c in range(copies) for u in units for i in range(unit)], dtype=torch.long)
+
+
 def keep_heads(module: Any, layer: LayerParts, heads: list[int]) -> None:
     """Physically keep only ``heads`` (sorted indices of the layer's current heads)."""
     import torch
 
-    index = torch.tensor([h * layer.head_size + i for h in heads for i in range(layer.head_size)], dtype=torch.long)
+    width = layer.heads * layer.head_size
+    index = unit_index(heads, layer.head_size, 1, width)
+    qkv_index = unit_index(heads, layer.head_size, 3, width) if layer.fused_qkv else index
     for name in layer.names:
+        _set(layer.attention, name, _sliced(getattr(layer.attention, name), qkv_index, 0))
+    for name in layer.head_projections:
         _set(layer.attention, name, _sliced(getattr(layer.attention, name), index, 0))
     new_output = _sliced(layer.output, index, 1)
     _replace(module, layer.output, new_output)
@@ -183,10 +222,9 @@ def keep_heads(module: Any, layer: LayerParts, heads: list[int]) -> None:
 
 
 def keep_neurons(module: Any, layer: LayerParts, neurons: list[int]) -> None:
-    import torch
-
-    index = torch.tensor(neurons, dtype=torch.long)
-    new_in, new_out = _sliced(layer.ffn_in, index, 0), _sliced(layer.ffn_out, index, 1)
+    index = unit_index(neurons, 1, layer.ffn_copies, layer.neurons)
+    new_in = _sliced(layer.ffn_in, index, 0)
+    new_out = _sliced(layer.ffn_out, unit_index(neurons, 1, 1, layer.neurons), 1)
     _replace(module, layer.ffn_in, new_in)
     _replace(module, layer.ffn_out, new_out)
     layer.ffn_in, layer.ffn_out = new_in, new_out
@@ -201,12 +239,28 @@ def _replace(root: Any, old: Any, new: Any) -> None:
 
 
 def keep_layers(module: Any, keep: list[int]) -> None:
-    """Physically keep only the encoder layers ``keep`` (sorted indices); the config follows."""
+    """Physically keep only the encoder layers ``keep`` (sorted indices), found where the
+    family's description says its layers are; the config follows."""
     import torch
 
+    from optimize.architectures import describe
+
+    layout = describe(str(getattr(module.config, "model_type", ""))).pruning
+    if layout is None or layout.shared or not layout.layers.endswith(".*"):
+        raise InputError(
+            "--drop-layers is not available for this architecture: its layers are not one list of distinct layers",
+            "export without --drop-layers",
+        )
     base = getattr(module, "base_model", module)
-    holder = base.encoder if hasattr(base, "encoder") and hasattr(base.encoder, "layer") else base.transformer
-    holder.layer = torch.nn.ModuleList([holder.layer[i] for i in keep])
+    *parents, name = layout.layers[: -len(".*")].split(".")
+    holder = _one(base, ".".join(parents))
+    old = getattr(holder, name)
+    setattr(holder, name, torch.nn.ModuleList([old[i] for i in keep]))
+    count = len(old)
     for attribute in ("num_hidden_layers", "n_layers"):
         if hasattr(module.config, attribute):
             setattr(module.config, attribute, len(keep))
+    # per-layer settings (ModernBERT's local or global attention) follow the layers kept
+    layer_types = getattr(module.config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == count:
+        module.config.layer_types = [layer_types[i] for i in keep]

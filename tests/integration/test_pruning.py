@@ -99,11 +99,11 @@ def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):
     layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
     rng = np.random.default_rng(0)
     scores = Scores([rng.random(layer.heads) for layer in layers], [rng.random(layer.neurons) for layer in layers])
-    selection = select(scores, layers, loaded.hidden_size, 0.3)
+    selection = select(scores, layers, 0.3)
     head_params = sum(linear_params(lin) for layer in layers for lin in (*layer.qkv, layer.output))
     heads_cut = sum(layer.heads - len(kept) for layer, kept in zip(layers, selection.heads))
-    head_share = heads_cut * head_cost(loaded.hidden_size, layers[0].head_size) / head_params
-    assert head_share == pytest.approx(HEAD_SHARE * 0.3, abs=head_cost(loaded.hidden_size, layers[0].head_size) / head_params)
+    head_share = heads_cut * head_cost(layers[0]) / head_params
+    assert head_share == pytest.approx(HEAD_SHARE * 0.3, abs=head_cost(layers[0]) / head_params)
     assert selection.removed_params >= 0.3 * encoder_params(layers)
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 from onnx import helper
 
@@ -45,3 +47,29 @@ def test_cleanup_on_a_clean_graph_changes_nothing():
     cleanup = CleanupPass()
     assert not cleanup(m).modified
     assert cleanup.stats["nodes_removed"] == 0
+
+
+def test_a_constant_node_with_several_outputs_is_left_to_run_without_a_console_warning(caplog):
+    """DeBERTa normalises its relative position embeddings, a constant, with a LayerNormalization
+    (three outputs): onnxscript's folder leaves it and warned on every export. The graph still
+    computes the same; other warnings of that logger still come through."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("LayerNormalization", ["table", "scale", "shift"], ["normed", "mean", "inv_std"], axis=-1),
+        helper.make_node("MatMul", ["x", "normed"], ["y"]),
+    ]
+    inits = [
+        tensor("table", rng.standard_normal((4, 3)).astype(np.float32)),
+        tensor("scale", np.ones(3, np.float32)),
+        tensor("shift", np.zeros(3, np.float32)),
+    ]
+    m = model(nodes, [value("x", shape=["n", 4])], [value("y", shape=["n", 3])], inits)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    (before,) = run(m, {"x": x})
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    with caplog.at_level(logging.WARNING, logger=folding.name):
+        result = CleanupPass()(m)
+        folding.warning("another notice")
+    (after,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    assert [r.getMessage() for r in caplog.records] == ["another notice"]
