@@ -47,9 +47,12 @@ class PruningLayout:
     #: further linears of the attention module whose output features are heads, cut with them
     #: and not counted or re-fitted (DeBERTa's separate position projections, where a model has them)
     head_projections: tuple[str, ...] = ()
-    #: the least-squares fit may re-fit Q and K to the content inputs. False where Q and K also
-    #: project something the fit does not see (DeBERTa's relative position embeddings): V only.
-    fit_qk: bool = True
+    #: an attribute of the attention module that, when true, says Q and K also project something
+    #: the least-squares fit does not see (DeBERTa's ``share_att_key``: the relative position
+    #: embeddings); the fit then re-fits V alone, not Q and K to the content inputs only
+    qk_shared_when: str = ""
+    #: config attributes that, when set, put a model of the family out of pruning's reach, and why
+    unsupported: tuple[tuple[str, str], ...] = ()
     #: an input of the attention module that carries one slice per head and is computed once
     #: for all layers (MPNet's relative position bias): (positional index, keyword name). A layer
     #: that keeps fewer heads gets that input cut to its heads.
@@ -176,7 +179,16 @@ ARCHITECTURES: dict[str, Architecture] = {
                 # without share_att_key the relative embeddings have projections of their own
                 head_projections=("pos_key_proj", "pos_query_proj"),
                 # with it (DeBERTa-v3) Q and K also project the relative position embeddings
-                fit_qk=False,
+                qk_shared_when="share_att_key",
+                unsupported=(
+                    (
+                        "conv_kernel_size",
+                        (
+                            "its convolution after the first layer (conv_kernel_size, as in DeBERTa-v2-xlarge) runs outside "
+                            "the layers, which the layer-by-layer fit and --drop-layers do not model"
+                        ),
+                    ),
+                ),
             ),
             unfused={
                 "attention": "disentangled attention (content-to-position and position-to-content terms gathered by "

@@ -1,16 +1,20 @@
-"""Retraining-free reconstruction: re-fit each pruned layer's output projections by least squares.
+"""Retraining-free reconstruction: re-fit each pruned layer's linear layers by least squares.
 
 After heads and neurons are cut, each layer's attention output projection and second FFN
-linear (weights and bias) are re-fitted, layer by layer from the first, so that what enters
-the following LayerNorm in the pruned model matches what enters it in the unpruned model:
+linear are re-fitted, layer by layer from the first, so that the residual sum after each branch
+in the pruned model matches the unpruned model's (what enters the following LayerNorm in a
+post-norm layer; in a pre-norm one, what enters the FFN's norm, and the layer's output):
 
     minimise  || [X_kept, 1] W  -  (S_teacher - R_student) ||^2  + ridge
 
-where X_kept are the pruned model's inputs to the projection, S the sum entering the
-LayerNorm (projection output + residual) and R_student = S_student - projection output the
-pruned model's own residual. Fitting to the teacher's sum, not to the teacher's projection
-output, also absorbs the drift that earlier layers left in the residual (Kwon et al. 2022 tune
-the kept rows' scales by least squares; this fits the whole matrix, which has more freedom).
+where X_kept are the pruned model's inputs to the projection, S that residual sum (projection
+output + residual) and R_student = S_student - projection output the pruned model's own
+residual; the column of ones (the bias) only where the linear has a bias. Fitting to the
+teacher's sum, not to the teacher's projection output, also absorbs the drift that earlier
+layers left in the residual (Kwon et al. 2022 tune the kept rows' scales by least squares; this
+fits the whole matrix, which has more freedom). The input side (Q, K and V, or V alone where Q
+and K also project what the fit does not see, and the first FFN linear) is fitted to the
+teacher's outputs at the kept heads and neurons.
 """
 
 from __future__ import annotations
@@ -62,43 +66,79 @@ class _BlockCall:
     weight: Any  # torch.float64 [real tokens]: each token's weight in the fit
 
 
-def _first_block_calls(module: Any, block: Any, batches: list[Feeds]) -> list[_BlockCall]:
-    """Run the embeddings of ``module`` on every batch; keep the arguments its first layer gets."""
+def _layer_calls(module: Any, blocks: list[Any], batches: list[Feeds]) -> list[list[_BlockCall]]:
+    """Each layer's own call, per batch, as ``module`` makes it: the first layer's with its
+    hidden-state input, the others' with that input left out (``None``), to be filled in as the
+    fit advances layer by layer.
+
+    Layers may get different arguments: ModernBERT gives its local layers a sliding-window mask
+    and the local rotary table, its global ones the full mask and the global table. The first
+    batch runs every layer to see that; where every layer gets the very same tensors as the
+    first (BERT and most families), the other batches only run the embeddings. The tensors are
+    kept by reference, and layers share them, so this costs little memory. A layer used several
+    times (ALBERT) keeps its first use."""
     import torch
 
-    seen: dict[str, Any] = {}
+    seen: dict[int, tuple[tuple, dict]] = {}
+    wanted = {"last": len(blocks) - 1}
 
-    def hook(_m: Any, args: tuple, kwargs: dict) -> None:
-        seen.update(args=args, kwargs=kwargs)
-        raise _Stop()
+    def hook(index: int):
+        def record(_m: Any, args: tuple, kwargs: dict) -> None:
+            if index not in seen:
+                seen[index] = ((args[0] if index == 0 else None, *args[1:]), kwargs)
+            if index == wanted["last"]:  # nothing after this layer's input is needed
+                raise _Stop()
 
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    calls = []
+        return record
+
+    handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    calls: list[list[_BlockCall]] = [[] for _ in blocks]
     try:
         with torch.inference_mode():
             for feeds in batches:
+                seen.clear()
                 tensors = {k: torch.from_numpy(v).long() for k, v in feeds.items()}
                 try:
                     module(**tensors)
                 except _Stop:
                     pass
+                if wanted["last"] > 0 and calls[0] == [] and all(_same_arguments(seen[i], seen[0]) for i in seen):
+                    wanted["last"] = 0  # every layer gets the first one's arguments: run only the embeddings from now on
                 mask = tensors["attention_mask"]
-                calls.append(_BlockCall(seen["args"], seen["kwargs"], mask.reshape(-1).bool(), token_weights(mask)))
+                real, weight = mask.reshape(-1).bool(), token_weights(mask)
+                for index in range(len(blocks)):
+                    args, kwargs = seen[index] if index in seen else seen[0]
+                    if index > 0:
+                        args = (None, *args[1:])
+                    calls[index].append(_BlockCall(args, kwargs, real, weight))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return calls
 
 
-def _advance(block: Any, calls: list[_BlockCall]) -> list[_BlockCall]:
-    """The calls of the next layer: this layer's output in place of its hidden-state input."""
+def _same_arguments(a: tuple[tuple, dict], b: tuple[tuple, dict]) -> bool:
+    """The same tensors (by identity), apart from the hidden-state input."""
+    (a_args, a_kwargs), (b_args, b_kwargs) = a, b
+    return (
+        len(a_args) == len(b_args)
+        and all(x is y for x, y in zip(a_args[1:], b_args[1:]))
+        and a_kwargs.keys() == b_kwargs.keys()
+        and all(a_kwargs[k] is b_kwargs[k] for k in a_kwargs)
+    )
+
+
+def _advance(block: Any, calls: list[_BlockCall], following: list[_BlockCall]) -> list[_BlockCall]:
+    """The calls of the next layer: this layer's output as its hidden-state input, beside the
+    next layer's own other arguments (``following``)."""
     import torch
 
     advanced = []
     with torch.inference_mode():
-        for call in calls:
+        for call, own in zip(calls, following, strict=True):
             out = block(*call.args, **call.kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
-            advanced.append(_BlockCall((hidden, *call.args[1:]), call.kwargs, call.real, call.weight))
+            advanced.append(_BlockCall((hidden, *own.args[1:]), own.kwargs, call.real, call.weight))
     return advanced
 
 
@@ -289,9 +329,10 @@ def reconstruct(
 ) -> list[dict[str, float]]:
     """Re-fit every layer's linear layers, first layer first.
 
-    Input side (Q, K, V together, then the first FFN linear): to the teacher's outputs at the kept
-    heads and neurons, from the pruned model's own inputs. Output side (attention output, second
-    FFN linear): to what enters the teacher's norm, less the pruned model's residual.
+    Input side (Q, K, V together, or V alone, then the first FFN linear): to the teacher's
+    outputs at the kept heads and neurons, from the pruned model's own inputs. Output side
+    (attention output, second FFN linear): to the teacher's residual sum after the branch, less
+    the pruned model's residual.
 
     Both models advance one layer at a time from cached layer inputs, so each layer runs a few
     times in all instead of the model running from the embeddings for every fit (1536 texts:
@@ -304,13 +345,14 @@ def reconstruct(
     import torch
 
     teacher_of = teacher_of if teacher_of is not None else list(range(len(student_layers)))
-    student_calls = _first_block_calls(student, student_layers[0].block, batches)
-    teacher_calls = _first_block_calls(teacher, teacher_layers[0].block, batches)
+    student_own = _layer_calls(student, [layer.block for layer in student_layers], batches)
+    teacher_own = _layer_calls(teacher, [layer.block for layer in teacher_layers], batches)
+    student_calls, teacher_calls = student_own[0], teacher_own[0]
     fits = []
     position = 0  # the teacher layer teacher_calls are the inputs of
     for index, s_layer in enumerate(student_layers):
         while position < teacher_of[index]:  # through the layers the student no longer has
-            teacher_calls = _advance(teacher_layers[position].block, teacher_calls)
+            teacher_calls = _advance(teacher_layers[position].block, teacher_calls, teacher_own[position + 1])
             position += 1
         t_layer = teacher_layers[position]
         targets = _norm_inputs(t_layer.block, (t_layer.attention_norm, t_layer.ffn_norm), teacher_calls)
@@ -329,7 +371,8 @@ def reconstruct(
             row["ffn_in"] = round(_solve((s_layer.ffn_in,), _input_side(s_layer.block, s_layer.ffn_in, t_layer.block, (t_layer.ffn_in,), t_layer.ffn_out, neurons, student_calls, teacher_calls), prior=True), 5)
         row["ffn"] = round(_solve((s_layer.ffn_out,), _output_side(_capture(s_layer.block, s_layer.ffn_out, s_layer.ffn_norm, student_calls), targets[1]), prior=OUTPUT_PRIOR), 5)
         fits.append(row)
-        student_calls = _advance(s_layer.block, student_calls)
-        teacher_calls = _advance(t_layer.block, teacher_calls)
-        position += 1
+        if index + 1 < len(student_layers):
+            student_calls = _advance(s_layer.block, student_calls, student_own[index + 1])
+            teacher_calls = _advance(t_layer.block, teacher_calls, teacher_own[position + 1])
+            position += 1
     return fits

@@ -97,20 +97,28 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
             f"pruning is not available for architecture {model_type or type(module).__name__!r}: {why}",
             f"export without --prune; pruning is available for {', '.join(prunable_names())}",
         )
+    for attribute, why in layout.unsupported:
+        if getattr(module.config, attribute, None):
+            raise InputError(
+                f"pruning is not available for this {model_type} model: {why}",
+                "export without --prune and --drop-layers",
+            )
     base = getattr(module, "base_model", module)
     layers = []
     for layer in _at(base, layout.layers):
         attention = _one(layer, layout.attention) if layout.attention else layer
         if layout.head_input is not None:
             _cut_head_input(attention, layout.head_input)
+        # a head's width as the module computes it (DeBERTa may set attention_head_size apart from hidden / heads)
+        size = getattr(attention, "attention_head_size", None)
         layers.append(
             LayerParts(
                 layer, attention, layout.qkv, _one(layer, layout.output), _one(layer, layout.attention_norm),
                 _one(layer, layout.ffn_in), _one(layer, layout.ffn_out),
-                _one(layer, layout.ffn_norm) if layout.ffn_norm else None, head_size,
+                _one(layer, layout.ffn_norm) if layout.ffn_norm else None, size if isinstance(size, int) else head_size,
                 gated=layout.gated_ffn,
                 head_projections=tuple(name for name in layout.head_projections if hasattr(attention, name)),
-                fit_qk=layout.fit_qk,
+                fit_qk=not (layout.qk_shared_when and getattr(attention, layout.qk_shared_when, False)),
             )
         )
     return layers

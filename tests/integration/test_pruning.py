@@ -74,21 +74,32 @@ def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_j
     assert encoder_params(encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)) == fitted["encoder_params_before"]
 
 
-@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "deberta-v2", "modernbert"])
 def test_layer_by_layer_forward_of_the_reconstruction_equals_the_model(kind, tiny_model_dir, quick_job, tmp_path):
-    """The fit runs each layer alone from cached inputs; chained, they must give the model's output."""
-    from optimize.pruning.reconstruct import _advance, _first_block_calls
+    """The fit runs each layer alone from cached inputs; chained, they must give the model's
+    output. Each layer gets its own arguments: ModernBERT's local layers a sliding-window mask
+    and their own rotary table (its tiny model's window, 16, is shorter than these texts)."""
+    from optimize.pruning.reconstruct import _advance, _layer_calls
 
     loaded = _loaded(tiny_model_dir, kind)
     batches = parity_batches(loaded, quick_job(str(tiny_model_dir(kind)), tmp_path / "o"))[0].batches[:2]
+    assert max(int(b["attention_mask"].sum(1).max()) for b in batches) > 16
     layers = encoder_layers(loaded.module, loaded.hidden_size // loaded.num_heads)
-    calls = _first_block_calls(loaded.module, layers[0].block, batches)
-    for layer in layers:
-        calls = _advance(layer.block, calls)
-    with torch.inference_mode():
-        for call, feeds in zip(calls, batches):
-            want = loaded.module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
-            torch.testing.assert_close(call.args[0][call.real.reshape(want.shape[:2])], want[call.real.reshape(want.shape[:2])])
+    own = _layer_calls(loaded.module, [layer.block for layer in layers], batches)
+    calls = own[0]
+    for index, layer in enumerate(layers):
+        calls = _advance(layer.block, calls, own[index + 1] if index + 1 < len(layers) else calls)
+    outputs = []  # the last layer's output in the model (ModernBERT's last_hidden_state is normed after it)
+    handle = layers[-1].block.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.inference_mode():
+            for call, feeds in zip(calls, batches):
+                loaded.module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+                want = outputs[-1]
+                real = call.real.reshape(want.shape[:2])
+                torch.testing.assert_close(call.args[0][real], want[real])
+    finally:
+        handle.remove()
 
 
 def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):

@@ -78,6 +78,7 @@ def test_deberta_without_shared_keys_cuts_its_position_projections_with_the_head
     module = DebertaV2Model(config).eval()
     layers = encoder_layers(module, 16)
     assert layers[0].head_projections == ("pos_key_proj", "pos_query_proj")
+    assert layers[0].fit_qk  # Q and K see only the content here, so the fit may re-fit them
     with torch.no_grad():
         layers[0].output.weight[:, 16:32] = 0.0
     ids = torch.randint(5, 100, (2, 12))
@@ -116,6 +117,23 @@ def test_dropping_layers_equals_skipping_them(kind, keep, tiny_model_dir):
         got = module(**inputs).last_hidden_state
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+def test_deberta_v3_refits_v_alone_and_a_deberta_with_a_convolution_is_refused(tiny_model_dir):
+    """DeBERTa-v3 shares Q and K with its relative position embeddings, which the content-only
+    fit does not see: V alone is re-fitted. DeBERTa-v2-xlarge's convolution after the first
+    layer runs outside the layers that the fit runs one by one: refused in one line."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    layers = _layers(resolve(str(tiny_model_dir("deberta-v2"))))
+    assert not layers[0].fit_qk and layers[0].fitted_qkv()[1] == 2
+    config = DebertaV2Config(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, relative_attention=True, conv_kernel_size=3, conv_act="gelu",
+    )
+    with pytest.raises(InputError) as refused:
+        encoder_layers(DebertaV2Model(config).eval(), 16)
+    assert "pruning is not available for this deberta-v2 model: its convolution after the first layer" in refused.value.one_line()
 
 
 def test_albert_shared_layer_is_one_layer_pruned_for_all_its_uses(tiny_model_dir):
