@@ -51,3 +51,16 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
         return cache[task]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
+    """The README's main job, `optimize export bert --target ort-fp32 --output DIR`, run once for
+    every test that reads its bundle or its output (about 35 s a run on 2 cores). Tests must not
+    write into the bundle."""
+    from cli_helpers import optimize
+
+    out = tmp_path_factory.mktemp("embedded-fp32") / "bert-fp32"
+    result = optimize("export", "bert", "--target", "ort-fp32", "--output", str(out))
+    assert result.code == 0, result.stderr
+    return out, result

@@ -16,11 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fp32_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("embedded") / "a"
-    result = optimize("export", "bert", "--target", "ort-fp32", "--output", str(out))
-    assert result.code == 0, result.stderr
-    return out, result
+def fp32_bundle(embedded_fp32_export):
+    return embedded_fp32_export
 
 
 def test_export_prints_model_parity_speed_and_bundle(fp32_bundle):
@@ -78,7 +75,8 @@ def test_exporting_again_without_force_is_refused(fp32_bundle):
 def test_text_classification_export_has_logits_parity(tmp_path):
     out = tmp_path / "c"
     result = optimize(
-        "export", "bert", "--task", "text-classification", "--target", "ort-fp32", "--output", str(out), "--no-speed"
+        "export", "bert", "--task", "text-classification", "--target", "ort-fp32", "--output", str(out), "--no-speed",
+        "--parity-size", "64", "--unseen-size", "100",
     )
     assert result.code == 0, result.stderr
     assert "initialised randomly" in result.stderr  # the embedded BERT has no classifier head

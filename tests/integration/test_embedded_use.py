@@ -32,11 +32,8 @@ def _texts(n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fp32_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("use") / "fp32"
-    done = run_optimize("export", "bert", "--target", "ort-fp32", "--output", str(out), *QUICK)
-    assert done.code == 0, done.stderr
-    return out
+def fp32_bundle(embedded_fp32_export):
+    return embedded_fp32_export[0]
 
 
 def test_int8_sentence_bundle_encodes_as_sentence_transformers_does(tmp_path):
