@@ -13,6 +13,7 @@ architecture is not in the tested list.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,15 +168,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "deberta-v2",
             ("bias_gelu",),
-            pruning=PruningLayout(
-                layers="encoder.layer.*",
-                attention="attention.self",
+            pruning=dataclasses.replace(  # BERT's layout, with DeBERTa's names for Q, K and V
+                _BERT_LAYOUT,
                 qkv=("query_proj", "key_proj", "value_proj"),
-                output="attention.output.dense",
-                attention_norm="attention.output.LayerNorm",
-                ffn_in="intermediate.dense",
-                ffn_out="output.dense",
-                ffn_norm="output.LayerNorm",
                 # without share_att_key the relative embeddings have projections of their own
                 head_projections=("pos_key_proj", "pos_query_proj"),
                 # with it (DeBERTa-v3) Q and K also project the relative position embeddings
