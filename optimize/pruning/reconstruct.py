@@ -342,8 +342,6 @@ def reconstruct(
     ``teacher_of[k]``: the teacher layer the student's layer k is fitted to (layers dropped from
     the student are run in the teacher only); ``kept_heads`` and ``kept_neurons`` are per student layer.
     """
-    import torch
-
     teacher_of = teacher_of if teacher_of is not None else list(range(len(student_layers)))
     student_own = _layer_calls(student, [layer.block for layer in student_layers], batches)
     teacher_own = _layer_calls(teacher, [layer.block for layer in teacher_layers], batches)
@@ -362,9 +360,9 @@ def reconstruct(
             # layout), at the kept heads of the copies the student's fitted linears write
             fitted, first = s_layer.fitted_qkv()
             width = t_layer.heads * t_layer.head_size
-            qkv = torch.cat([unit_index(kept_heads[index], t_layer.head_size, 1, width) + c * width for c in range(first, 3)])
+            qkv = unit_index(kept_heads[index], t_layer.head_size, 3 - first, width) + first * width
             s_stream = _input_side(s_layer.block, fitted[0], t_layer.block, t_layer.qkv, t_layer.output, qkv, student_calls, teacher_calls)
-            row["qkv" if len(fitted) > 1 or s_layer.fused_qkv else "v"] = round(_solve(fitted, s_stream, prior=True), 5)
+            row["qkv" if first == 0 else "v"] = round(_solve(fitted, s_stream, prior=True), 5)
         row["attention"] = round(_solve((s_layer.output,), _output_side(_capture(s_layer.block, s_layer.output, s_layer.attention_norm, student_calls), targets[0]), prior=OUTPUT_PRIOR), 5)
         if INPUT_SIDE:
             neurons = unit_index(kept_neurons[index], 1, t_layer.ffn_copies, t_layer.neurons)
