@@ -226,9 +226,23 @@ def start(bundles: Sequence[Path], cfg: ServeConfig, note: Callable[[str], None]
         server.stop()
         if isinstance(exc, (KeyboardInterrupt, InputError, BuildError)):
             raise
-        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its task errors
-        raise BuildError(f"the server did not start ({exc.__class__.__name__}: {message[:240]})", "re-run with OPTIMIZE_DEBUG=1 and read the Ray logs under /tmp/ray") from exc
+        raise BuildError(f"the server did not start ({_reason(exc)})", "re-run with OPTIMIZE_DEBUG=1 and read the Ray logs under /tmp/ray") from exc
     return server
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a start failed, in one line: the error a Ray task raised (not Ray's wrapper of it, whose
+    own first 200 characters are the actor's name and address), and of a program's output its
+    alerts (HAProxy prints its version and paths before the line that says what went wrong)."""
+    cause = exc
+    while isinstance(getattr(cause, "cause", None), BaseException):  # ray.exceptions.RayTaskError
+        cause = cause.cause
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).splitlines() if line.strip()]  # Ray colours its errors
+    alerts = [re.sub(r"^\[ALERT\]\s*(\(\d+\))?\s*:\s*", "", line) for line in lines[1:] if line.startswith("[ALERT]")]
+    head = lines[0] if lines else ""
+    if alerts:
+        head = head.split("[NOTICE]")[0].split("[WARNING]")[0].strip() + " " + alerts[0]
+    return f"{cause.__class__.__name__}: {head[:300]}"
 
 
 def _stop_on_signals(sigterm: Any) -> None:

@@ -20,9 +20,10 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from optimize.errors import InputError
@@ -74,20 +75,54 @@ _BLOCK = 100
 _BLOCKS = range(20000, 32768 - _BLOCK + 1, _BLOCK)
 
 
-def _free_blocks(count: int) -> list[int]:
-    """The first ports of ``count`` blocks of free ports, for this server alone. Each Ray
-    runtime hands out replica ports by itself, unaware of another's on the same machine, and
-    when its first pick was taken, HAProxy was seen sending to the other server's replica; so
-    every server gets blocks of its own, checked free, picked at random."""
+def _claim(start: int) -> Callable[[], None] | None:
+    """A claim on the block at ``start`` that every `optimize serve` on this machine honours,
+    held until the returned function gives it up; None when another server holds it.
+
+    A free port proves nothing to a server that starts beside another: neither has bound its
+    ports yet when both look, and two servers that took the same block had one HAProxy fail on
+    the other's stats port ("cannot bind socket (Address already in use)"). The claim is a Unix
+    socket's name in Linux's abstract namespace: binding it succeeds for one process only, it
+    goes when its socket closes or its process dies (no file to leave behind or clean up), and
+    it is scoped like the ports themselves, one namespace per network namespace."""
+    if sys.platform != "linux":  # no abstract namespace (nor Ray Serve's HAProxy): the port check alone
+        return lambda: None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0optimize-serve-ports-{start}")
+    except OSError:
+        claim.close()
+        return None
+    return claim.close
+
+
+@contextmanager
+def _claimed_blocks(count: int) -> Iterator[list[int]]:
+    """The first ports of ``count`` blocks of ports for this server alone, claimed from every
+    other `optimize serve` on the machine while the context lasts and checked free of other
+    programs. Each Ray runtime hands out replica ports by itself, unaware of another's on the
+    same machine, and when its first pick was taken, HAProxy was seen sending to the other
+    server's replica; so every server gets blocks of its own, picked at random."""
     starts = list(_BLOCKS)
     random.shuffle(starts)
-    free = [start for start in starts[: 20 + count] if all(_bindable(port) for port in range(start, start + _BLOCK))]
-    if len(free) < count:
-        raise InputError(
-            f"no {count} blocks of {_BLOCK} free ports between {_BLOCKS.start} and 32767 for this server's replicas and HAProxy",
-            "stop other servers on this machine, or use --ingress ray",
-        )
-    return free[:count]
+    blocks: list[int] = []
+    with ExitStack() as claims:
+        for start in starts[: 20 + count]:
+            release = _claim(start)
+            if release is None:
+                continue
+            if not all(_bindable(port) for port in range(start, start + _BLOCK)):
+                release()
+                continue
+            claims.callback(release)
+            blocks.append(start)
+            if len(blocks) == count:
+                yield blocks
+                return
+    raise InputError(
+        f"no {count} blocks of {_BLOCK} free ports between {_BLOCKS.start} and 32767 for this server's replicas and HAProxy",
+        "stop other servers on this machine, or use --ingress ray",
+    )
 
 
 def _haproxy_threads() -> int:
@@ -104,14 +139,21 @@ def environment(ingress: str) -> Iterator[None]:
         return
     # (Ray Serve in this process needs none of these: only the Ray processes started from here
     # read them, so a library user's earlier `import ray.serve` does not matter)
-    http_block, grpc_block, own_block = _free_blocks(3)
-    stats_port, metrics_port, fallback_http_port, fallback_grpc_port = range(own_block, own_block + 4)
+    with _claimed_blocks(3) as blocks, _own_folder() as folder, _environ(_settings(*blocks, Path(folder))):
+        yield
+
+
+def _own_folder() -> tempfile.TemporaryDirectory[str]:
     # short: Ray Serve puts the admin socket a 57-character folder further down, and a Unix
     # socket's path may not exceed 97 characters (HAProxy refuses to start)
-    folder = Path(tempfile.mkdtemp(prefix="osrv-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    return tempfile.TemporaryDirectory(prefix="osrv-", dir="/tmp" if os.path.isdir("/tmp") else None, ignore_cleanup_errors=True)
+
+
+def _settings(http_block: int, grpc_block: int, own_block: int, folder: Path) -> dict[str, str]:
+    stats_port, metrics_port, fallback_http_port, fallback_grpc_port = range(own_block, own_block + 4)
     # every server on a machine needs its own HAProxy files and ports: two `optimize serve`
     # side by side (a comparison, two bundles' servers) would otherwise take or reach each other's
-    settings = {
+    return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": _DRAIN_PERIOD_S,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
@@ -141,6 +183,11 @@ def environment(ingress: str) -> Iterator[None]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_block),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_block + _BLOCK),
     }
+
+
+@contextmanager
+def _environ(settings: dict[str, str]) -> Iterator[None]:
+    """``settings`` in this process's environment while the context lasts, then what was there."""
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -151,4 +198,3 @@ def environment(ingress: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        shutil.rmtree(folder, ignore_errors=True)
