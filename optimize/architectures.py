@@ -14,8 +14,11 @@ architecture is not in the tested list.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from optimize.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,23 @@ def generic(model_type: str) -> Architecture:
 
 def describe(model_type: str) -> Architecture:
     return ARCHITECTURES.get(model_type) or generic(model_type)
+
+
+def pruning_refusal(model_type: str, config: Mapping[str, Any]) -> InputError | None:
+    """Why a model of this type and config.json cannot be pruned (the one-line error to raise),
+    or None when its layout is known. Read from the config alone, so a search can leave pruning
+    out before it loads a model."""
+    layout = describe(model_type).pruning
+    if layout is None:
+        why = NOT_PRUNABLE.get(model_type, "it is not in the tested list, so where its heads and neurons live is not known")
+        return InputError(
+            f"pruning is not available for architecture {model_type or 'unknown'!r}: {why}",
+            f"export without --prune; pruning is available for {', '.join(prunable_names())}",
+        )
+    for attribute, why in layout.unsupported:
+        if config.get(attribute):
+            return InputError(f"pruning is not available for this {model_type} model: {why}", "export without --prune and --drop-layers")
+    return None
 
 
 def tested_names() -> tuple[str, ...]:

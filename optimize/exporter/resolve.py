@@ -139,7 +139,7 @@ def locate(ref: str) -> tuple[Path, str]:
     )
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -206,7 +206,7 @@ def _input_names(module: Any, tokenizer: Any) -> tuple[str, ...]:
 def resolve(ref: str, task: str | None = None, *, seed: int = 0) -> LoadedModel:
     """Load the referenced model for ``task`` in eval mode, with its tokenizer."""
     path, description = locate(ref)
-    config = _read_config(path)
+    config = read_config(path)
     model_type = str(config.get("model_type", ""))
     family = describe(model_type)
     if not family.tested:

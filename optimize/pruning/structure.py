@@ -87,22 +87,15 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
 
     ALBERT shares one layer across its depth: it comes back once, pruned once for all its uses
     (its importance sums over every use; the least-squares fit sees its first use)."""
-    from optimize.architectures import NOT_PRUNABLE, describe, prunable_names
+    from optimize.architectures import describe, pruning_refusal
 
-    model_type = str(getattr(getattr(module, "config", None), "model_type", ""))
+    config = getattr(module, "config", None)
+    model_type = str(getattr(config, "model_type", "")) or type(module).__name__
+    refusal = pruning_refusal(model_type, config.to_dict() if config is not None else {})
+    if refusal is not None:
+        raise refusal
     layout = describe(model_type).pruning
-    if layout is None:
-        why = NOT_PRUNABLE.get(model_type, "it is not in the tested list, so where its heads and neurons live is not known")
-        raise InputError(
-            f"pruning is not available for architecture {model_type or type(module).__name__!r}: {why}",
-            f"export without --prune; pruning is available for {', '.join(prunable_names())}",
-        )
-    for attribute, why in layout.unsupported:
-        if getattr(module.config, attribute, None):
-            raise InputError(
-                f"pruning is not available for this {model_type} model: {why}",
-                "export without --prune and --drop-layers",
-            )
+    assert layout is not None  # no refusal: the family has a layout
     base = getattr(module, "base_model", module)
     layers = []
     for layer in _at(base, layout.layers):

@@ -182,6 +182,33 @@ def _write_best(output: Path, record: dict[str, Any], files: dict[str, bytes]) -
     tmp.replace(output / BEST_RECORD)
 
 
+def _prunes_for_the_model(cfg: TuneConfig, reporter: Reporter) -> tuple[float, ...]:
+    """``cfg.prunes``, less the cuts its model cannot take: a family with no pruning layout (or a
+    variant the layout refuses) would have every pruned trial fail on the same error. Read from the
+    model's config.json where this machine has it; on a cluster the model may live on the nodes
+    alone, and their trials then say it."""
+    from optimize.architectures import pruning_refusal
+    from optimize.exporter.resolve import locate, read_config
+
+    cuts = tuple(p for p in cfg.prunes if p > 0)
+    if not cuts:
+        return cfg.prunes
+    try:
+        path, _ = locate(cfg.base.model)
+    except InputError:
+        if cfg.cluster.address:
+            return cfg.prunes
+        raise
+    config = read_config(path)
+    refusal = pruning_refusal(str(config.get("model_type", "")), config)
+    if refusal is None:
+        return cfg.prunes
+    if len(cuts) == len(cfg.prunes):
+        raise InputError(refusal.problem, "pass --prune 0 (unpruned candidates only)")
+    reporter.note(f"not tried: --prune {','.join(f'{p:g}' for p in cuts)} ({refusal.problem})")
+    return tuple(p for p in cfg.prunes if p == 0)
+
+
 def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     """Run the search to its end (or --trials, or the time limit); resumable from DIR/trials.jsonl."""
     reporter = reporter or Reporter()
@@ -189,7 +216,7 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     output = Path(os.path.abspath(cfg.output))
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file", "pass a folder")
-    space = build_space(cfg.targets, cfg.prunes, cfg.recovers, cfg.goal)
+    space = build_space(cfg.targets, _prunes_for_the_model(cfg, reporter), cfg.recovers, cfg.goal)
     store = TrialStore(output, cfg.context())
     work_root = output / WORK_FOLDER
     shutil.rmtree(work_root, ignore_errors=True)  # what an interrupted run left half-written

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import tiny_models
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
 from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune
@@ -140,6 +141,27 @@ def test_tune_of_a_missing_model_is_one_line_before_any_trial(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: model path") and "does not exist" in err and "\n" not in err
     assert not (tmp_path / "t").exists()  # no trials.jsonl of failed trials that a re-run would skip
+
+
+def test_tune_leaves_out_the_cuts_a_model_cannot_take_before_any_trial(tiny_model_dir, tmp_path, capsys):
+    """An architecture with no pruning layout would fail every pruned trial on the same error:
+    those candidates are left out up front and said so; asked for cuts alone, one line."""
+    from optimize.tune.runner import _prunes_for_the_model
+
+    generic = tmp_path / "ernie"
+    tiny_models.build(tiny_models.GENERIC, generic)
+    notes = Notes()
+    assert _prunes_for_the_model(tiny_config(generic, tmp_path / "t", prunes=(0.0, 0.1, 0.3)), notes) == (0.0,)
+    assert notes.lines == ["not tried: --prune 0.1,0.3 (pruning is not available for architecture 'ernie': it is not in the tested list, so where its heads and neurons live is not known)"]
+    prunable = tiny_config(tiny_model_dir("bert"), tmp_path / "t", prunes=(0.0, 0.3))
+    assert _prunes_for_the_model(prunable, notes) == (0.0, 0.3) and len(notes.lines) == 1
+
+    capsys.readouterr()  # the tiny models' build
+    code = main(["tune", str(generic), "--prune", "0.3", "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith("error: pruning is not available for architecture 'ernie'") and err.endswith("pass --prune 0 (unpruned candidates only)")
+    assert not (tmp_path / "t").exists()
 
 
 def test_bench_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
