@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
-
 import tiny_models
+
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
 from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune
