@@ -87,7 +87,10 @@ def _claim(start: int) -> Callable[[], None] | None:
     it is scoped like the ports themselves, one namespace per network namespace."""
     if sys.platform != "linux":  # no abstract namespace (nor Ray Serve's HAProxy): the port check alone
         return lambda: None
-    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:  # a sandbox without Unix sockets: the port check alone
+        return lambda: None
     try:
         claim.bind(f"\0optimize-serve-ports-{start}")
     except OSError:
