@@ -251,12 +251,14 @@ def build_manifest(
     }
 
 
-def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutcome:
-    """Model reference -> parity-checked bundle at ``job.output``; raises OptimizeError subclasses."""
-    from optimize.runtimes.ort import OrtRunner
-    from optimize.runtimes.torch_ref import TorchRunner
+def export_preflight(job: ExportJob) -> Target:
+    """What can be refused about ``job`` before PyTorch or the model loads (seconds on a small
+    machine): the target and its own checks, flags that need a kind of target, the output
+    folder, a misspelt --train-device, and whether the model reference points anywhere. The CLI
+    runs it before it imports PyTorch, so a typo is answered at once; export_model runs it again
+    for library callers."""
+    from optimize.exporter.resolve import locate
 
-    reporter = reporter or SilentReporter()
     target = get_target(job.target)
     if target.preflight:
         target.preflight(job)
@@ -268,9 +270,19 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
     if job.export.with_tokenizer:
         raw_text_preflight(target, job)
     bundles.preflight(Path(job.output).absolute(), job.force)
-    # checked before minutes of loading and fitting: a misspelt --train-device always, and where
-    # something will train, a device that is absent or cannot compute
     checked_name(job.training.device)
+    locate(job.model)
+    return target
+
+
+def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutcome:
+    """Model reference -> parity-checked bundle at ``job.output``; raises OptimizeError subclasses."""
+    from optimize.runtimes.ort import OrtRunner
+    from optimize.runtimes.torch_ref import TorchRunner
+
+    reporter = reporter or SilentReporter()
+    target = export_preflight(job)
+    # where something will train, a device that is absent or cannot compute (asks PyTorch)
     trains = bool((job.prune.enabled and job.prune.recover_steps) or job.quant.qat_steps)
     train_device = training_device(job.training.device) if trains else "cpu"
 

@@ -30,7 +30,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from optimize.errors import EXIT_CODES, INTERRUPTED, TERMINATED, InputError, Interrupted, OptimizeError, Terminated
-from optimize.launch import MODEL_LIBRARIES, RUNTIME_LIBRARIES, native_imports
+from optimize.launch import MODEL_LIBRARIES, PREFLIGHT_LIBRARIES, RUNTIME_LIBRARIES, native_imports
 
 app = typer.Typer(
     name="optimize",
@@ -119,8 +119,10 @@ def export(
     seed: Annotated[int, typer.Option(help="Seed for anything random (a new classification head).")] = 0,
 ) -> None:
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
-    native_imports(MODEL_LIBRARIES)
-    from optimize.api import export_model
+    # PyTorch and transformers take seconds to import: every flag, the output folder and the
+    # model's path are checked first, so a typo is answered in half a second
+    native_imports(PREFLIGHT_LIBRARIES)
+    from optimize.api import export_model, export_preflight
     from optimize.config import (
         CalibrationConfig,
         EngineConfig,
@@ -209,6 +211,8 @@ def export(
         training=TrainingConfig(device=train_device),
         seed=seed,
     )
+    export_preflight(job)
+    native_imports(MODEL_LIBRARIES)
     with _progress() as progress:
         outcome = export_model(job, RichReporter(progress))
     manifest = outcome.manifest
@@ -268,10 +272,10 @@ def build(
     workspace: Annotated[Optional[int], typer.Option(help="Builder workspace in MiB (default: as the manifest records, 4096 at export).")] = None,
 ) -> None:
     """Build the TensorRT engine of a bundle on this GPU (engine.plan, timing cache) and check it against ONNX Runtime."""
+    overrides = build_overrides(batch, seq_len, workspace)
     native_imports(MODEL_LIBRARIES)
     from optimize.api import build_bundle
 
-    overrides = build_overrides(batch, seq_len, workspace)
     with _progress() as progress:
         manifest = build_bundle(bundle, overrides, RichReporter(progress))
     info = manifest["tensorrt"]["engine"]
@@ -454,8 +458,6 @@ def bench(
         results = [report.load_result(p) for p in [*merge_files, *(bundles or [])]]
         out.print(report.merge(results), markup=False)
         return
-    native_imports(MODEL_LIBRARIES)  # nothing is written before the timing starts
-    from optimize.bench.run import run_bench
     from optimize.config import BenchConfig
 
     if rounds < 1 or block_runs < 4:
@@ -469,6 +471,9 @@ def bench(
         rounds=rounds,
         block_runs=block_runs,
     )
+    native_imports(MODEL_LIBRARIES)  # after the flags' checks (seconds); nothing is written before the timing starts
+    from optimize.bench.run import run_bench
+
     if each_node or address:
         _bench_each_node(list(bundles or []), cfg, address, each_node, out_dir)
         return

@@ -31,6 +31,8 @@ from optimize.errors import INTERRUPTED, TERMINATED
 MODEL_LIBRARIES = ("numpy", "onnx", "onnxruntime", "torch", "tokenizers", "safetensors", "transformers", "onnxscript")
 #: what a command that only runs a bundle loads first (no PyTorch: a second or more saved)
 RUNTIME_LIBRARIES = ("numpy", "onnx", "onnxruntime", "tokenizers")
+#: what a command's checks of its arguments load before PyTorch (the project's config, targets and bundles)
+PREFLIGHT_LIBRARIES = (*RUNTIME_LIBRARIES, "onnx_ir")
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:

@@ -49,12 +49,15 @@ def test_a_failure_of_gpu_training_is_one_line_that_names_the_cpu():
 
 @needs_no_cuda
 def test_an_absent_gpu_is_refused_in_one_line_before_the_model_is_loaded(tmp_path):
-    missing = str(tmp_path / "no-such-model")  # the device is checked first: this path is never read
+    # a model folder with no weights: loading it would fail, so the device's error shows it is checked first
+    unloadable = tmp_path / "no-weights"
+    unloadable.mkdir()
+    (unloadable / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
     for device in ("cuda", "cuda:1", "auto:0"):
-        result = optimize("export", missing, "--prune", "0.3", "--recover", "5", "--train-device", device, "--output", str(tmp_path / "o"))
+        result = optimize("export", str(unloadable), "--prune", "0.3", "--recover", "5", "--train-device", device, "--output", str(tmp_path / "o"))
         fragments = ("unknown --train-device 'auto:0'",) if device == "auto:0" else (f"--train-device {device}", "sees no CUDA device", "--train-device cpu")
         assert_one_line_error(result, *fragments, code=2)
-    result = optimize("tune", missing, "--train-device", "tpu", "--output", str(tmp_path / "o"))
+    result = optimize("tune", str(unloadable), "--train-device", "tpu", "--output", str(tmp_path / "o"))
     assert_one_line_error(result, "unknown --train-device 'tpu'", code=2)
     assert not (tmp_path / "o").exists()
 
