@@ -164,6 +164,7 @@ def test_sentence_embedding_matches_sentence_transformers(kind, exported, tiny_m
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_token_classification_and_question_answering_bundles(kind, tiny_model_dir, quick_job, tmp_path):
     """The command's way: a bundle per task, its outputs named by the task."""
@@ -177,6 +178,7 @@ def test_token_classification_and_question_answering_bundles(kind, tiny_model_di
         assert outcome.parity.label_agreement == 1.0 and outcome.parity.max_abs_error < 1e-3
 
 
+@pytest.mark.slow
 def test_generic_path_exports_an_untested_encoder_and_says_so(tiny_model_dir, tmp_path):
     folder = tmp_path / "ernie"
     tiny_models.build(tiny_models.GENERIC, folder)

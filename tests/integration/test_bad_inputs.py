@@ -19,10 +19,14 @@ from cli_helpers import assert_one_line_error, optimize
 
 @pytest.fixture(scope="module")
 def small_bundle(tiny_model_dir, tmp_path_factory):
-    """A real ort-fp32 bundle of a tiny BERT, exported through the command."""
+    """A real ort-fp32 bundle of a tiny BERT (exported in this process: the command's own path is
+    what the tests below try with bad input, and a subprocess would spend seconds importing)."""
+    from optimize.api import export_model
+    from optimize.config import ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+
     folder = tmp_path_factory.mktemp("bundle") / "tiny"
-    done = optimize("export", str(tiny_model_dir("bert")), "--output", str(folder), "--no-speed", "--seq-len", "64", "--parity-size", "16")
-    assert done.code == 0, done.stderr
+    export_model(ExportJob(model=str(tiny_model_dir("bert")), target="ort-fp32", output=folder, export=ExportConfig(seq_len=64),
+                           parity=ParityConfig(size=16, unseen_size=16, seq_len=64), speed=SpeedCheckConfig(enabled=False)))
     return folder
 
 
@@ -175,6 +179,7 @@ def test_force_never_replaces_a_folder_that_is_not_a_bundle(tiny_model_dir, tmp_
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tiny_model_dir):
     # /sys refuses new folders even to root, which CI runs as
     assert_one_line_error(_export(str(tiny_model_dir("bert")), Path("/sys/optimize-out")), "/sys", code=7)
@@ -193,6 +198,7 @@ def _tiny_filesystem(tmp_path: Path):
             subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_full_disk(tiny_model_dir, tmp_path):
     with _tiny_filesystem(tmp_path) as disk:
         if disk is not None:

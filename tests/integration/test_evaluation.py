@@ -44,10 +44,13 @@ def _rows(folder: Path, path: Path, count: int = 60, flip_every: int = 0, near_t
 
 @pytest.fixture(scope="module")
 def classifier_bundle(tiny_model_dir, tmp_path_factory):
+    from optimize.api import export_model
+    from optimize.config import ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
+
     out = tmp_path_factory.mktemp("eval") / "clf"
     folder = tiny_model_dir("bert", classification=True)
-    done = optimize("export", str(folder), "--task", "text-classification", "--output", str(out), "--no-speed", "--seq-len", "64", "--parity-size", "32", "--unseen-size", "32")
-    assert done.code == 0, done.stderr
+    export_model(ExportJob(model=str(folder), target="ort-fp32", output=out, export=ExportConfig(task="text-classification", seq_len=64),
+                           parity=ParityConfig(size=32, unseen_size=32, seq_len=64), speed=SpeedCheckConfig(enabled=False)))
     return folder, out
 
 
@@ -98,6 +101,7 @@ def test_accuracy_gate_refuses_a_drop_past_the_limit(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_accuracy_gate_passes_and_records_the_figures(tiny_model_dir, tmp_path):
     folder = tiny_model_dir("bert", classification=True)
     data = tmp_path / "rows.csv"

@@ -147,6 +147,7 @@ def _explained(line: str) -> bool:
     return any(re.search(pattern, line) for pattern, _why in EXPLAINED_INTERNAL)
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
 def test_mutated_onnx_gives_only_project_errors(data, base_model, tmp_path_factory):

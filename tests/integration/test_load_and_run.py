@@ -153,6 +153,7 @@ def test_no_progress_bar_by_default(tiny_bundle, capfd):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_run_prints_a_json_line_per_input_from_stdin_arguments_and_files(tiny_bundle, tmp_path):
     _, bundle = tiny_bundle("text-classification")
     done = _run("run", str(bundle), stdin=b"a fine film\n\nanother one\n")

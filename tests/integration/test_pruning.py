@@ -118,6 +118,7 @@ def test_heads_give_up_less_of_their_parameters_than_the_ffn(tiny_model_dir):
     assert selection.removed_params >= 0.3 * encoder_params(layers)
 
 
+@pytest.mark.slow
 def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, tmp_path):
     loaded = _loaded(tiny_model_dir)
     batches = {p.texts.key: p.batches for p in parity_batches(loaded, quick_job(str(tiny_model_dir("bert")), tmp_path / "o"))}
@@ -168,6 +169,7 @@ def test_prune_config_takes_fractions_in_zero_one_only():
     assert not PruneConfig(fraction=0.0).enabled and PruneConfig(fraction=0.5).enabled
 
 
+@pytest.mark.slow
 def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_dir, quick_job, tmp_path):
     from optimize.errors import ParityError
 
@@ -178,6 +180,7 @@ def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_d
     assert "--recover" in refused.value.fix and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_path):
     """onnxscript's MHA rules do not take a one-head layer; its SDPA must not reach ORT unlowered."""
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out")

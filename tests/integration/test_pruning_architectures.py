@@ -151,6 +151,7 @@ def test_pruning_an_untested_architecture_is_refused_in_one_line_naming_the_fami
     assert all(name in line for name in PRUNABLE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mpnet", "albert", "deberta-v2", "modernbert"])
 def test_pruned_export_of_the_unusual_layouts(kind, tiny_model_dir, quick_job, tmp_path):
     from optimize.api import export_model

@@ -80,6 +80,7 @@ def test_qat_on_a_target_that_is_not_int8_is_one_line(tiny_model_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_qat_after_dropped_layers_learns_from_the_teacher_layers_kept(tiny_model_dir, quick_job, tmp_path):
     """--drop-layers with --qat: the student has fewer layers than its teacher, so each one is
     trained towards the teacher layer it was (this was an internal error: zip() of unequal
