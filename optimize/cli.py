@@ -121,7 +121,8 @@ def export(
     """Export MODEL, run the target's passes, check parity against PyTorch, write a bundle."""
     # PyTorch and transformers take seconds to import: every flag, the output folder and the
     # model's path are checked first, so a typo is answered in half a second
-    native_imports(PREFLIGHT_LIBRARIES)
+    # (--with-tokenizer's check imports onnxruntime-extensions, which loads PyTorch itself: guarded too)
+    native_imports(MODEL_LIBRARIES if with_tokenizer else PREFLIGHT_LIBRARIES)
     from optimize.api import export_model, export_preflight
     from optimize.config import (
         CalibrationConfig,

@@ -91,7 +91,8 @@ def encoder_layers(module: Any, head_size: int) -> list[LayerParts]:
 
     config = getattr(module, "config", None)
     model_type = str(getattr(config, "model_type", "")) or type(module).__name__
-    refusal = pruning_refusal(model_type, config.to_dict() if config is not None else {})
+    settings = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config)) if config is not None else {}
+    refusal = pruning_refusal(model_type, settings)
     if refusal is not None:
         raise refusal
     layout = describe(model_type).pruning

@@ -16,6 +16,7 @@ from there.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -93,9 +94,10 @@ def _claim(start: int) -> Callable[[], None] | None:
         return lambda: None
     try:
         claim.bind(f"\0optimize-serve-ports-{start}")
-    except OSError:
+    except OSError as exc:
         claim.close()
-        return None
+        # taken by another server; any other failure (a sandbox's EPERM): the port check alone
+        return None if exc.errno == errno.EADDRINUSE else lambda: None
     return claim.close
 
 

@@ -191,8 +191,8 @@ def _prunes_for_the_model(cfg: TuneConfig, reporter: Reporter) -> tuple[float, .
     from optimize.exporter.resolve import locate, read_config
 
     cuts = tuple(p for p in cfg.prunes if p > 0)
-    if not cuts:
-        return cfg.prunes
+    if not cuts or any(not 0.0 <= p < 1.0 for p in cfg.prunes):
+        return cfg.prunes  # nothing to leave out, or build_space refuses the fractions in one line
     try:
         path, _ = locate(cfg.base.model)
     except InputError:

@@ -153,6 +153,8 @@ def test_tune_leaves_out_the_cuts_a_model_cannot_take_before_any_trial(tiny_mode
     notes = Notes()
     assert _prunes_for_the_model(tiny_config(generic, tmp_path / "t", prunes=(0.0, 0.1, 0.3)), notes) == (0.0,)
     assert notes.lines == ["not tried: --prune 0.1,0.3 (pruning is not available for architecture 'ernie': it is not in the tested list, so where its heads and neurons live is not known)"]
+    for bad in ((-0.1, 0.3), (0.0, 1.5)):  # left to build_space's one-line refusal of the fractions
+        assert _prunes_for_the_model(tiny_config(generic, tmp_path / "t", prunes=bad), notes) == bad
     prunable = tiny_config(tiny_model_dir("bert"), tmp_path / "t", prunes=(0.0, 0.3))
     assert _prunes_for_the_model(prunable, notes) == (0.0, 0.3) and len(notes.lines) == 1
 

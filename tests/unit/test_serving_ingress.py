@@ -22,7 +22,24 @@ def same_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingress.random, "shuffle", lambda blocks: None)
 
 
-def test_two_servers_looking_at_once_get_blocks_of_their_own(same_order: None) -> None:
+@pytest.fixture
+def no_release_by_garbage_collection(monkeypatch: pytest.MonkeyPatch):
+    """Every socket the claims make stays referenced here, so a claim is given up only where the
+    code closes it (CPython would otherwise close a forgotten one when its frame goes)."""
+    made: list[socket.socket] = []
+    real = socket.socket
+
+    def kept(*args, **kwargs) -> socket.socket:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ingress.socket, "socket", kept)
+    yield
+    for sock in made:
+        sock.close()
+
+
+def test_two_servers_looking_at_once_get_blocks_of_their_own(same_order: None, no_release_by_garbage_collection: None) -> None:
     # neither server has bound a port yet when the other looks: only the claim tells them apart
     with ingress._claimed_blocks(3) as first, ingress._claimed_blocks(3) as second:
         assert len(set(first) | set(second)) == 6, (first, second)
@@ -32,7 +49,7 @@ def test_two_servers_looking_at_once_get_blocks_of_their_own(same_order: None) -
         assert again == first
 
 
-def test_a_claim_is_given_up_when_the_server_fails_to_start(same_order: None) -> None:
+def test_a_claim_is_given_up_when_the_server_fails_to_start(same_order: None, no_release_by_garbage_collection: None) -> None:
     with pytest.raises(RuntimeError, match="replica failed"), ingress._claimed_blocks(3) as first:
         raise RuntimeError("replica failed")
     with ingress._claimed_blocks(3) as again:
@@ -48,7 +65,7 @@ def test_a_block_another_program_listens_in_is_passed_over(same_order: None) -> 
             assert other != start
 
 
-def test_an_ingress_environment_leaves_no_claim_behind() -> None:
+def test_an_ingress_environment_leaves_no_claim_behind(no_release_by_garbage_collection: None) -> None:
     with ingress.environment("haproxy"):
         start = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
         assert ingress._claim(start) is None  # held by this server
