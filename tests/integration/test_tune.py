@@ -9,7 +9,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import tiny_models
 
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
@@ -146,6 +145,8 @@ def test_tune_of_a_missing_model_is_one_line_before_any_trial(tmp_path, capsys):
 def test_tune_leaves_out_the_cuts_a_model_cannot_take_before_any_trial(tiny_model_dir, tmp_path, capsys):
     """An architecture with no pruning layout would fail every pruned trial on the same error:
     those candidates are left out up front and said so; asked for cuts alone, one line."""
+    import tiny_models  # here, not at the top: the API script below imports this module from tests/integration alone
+
     from optimize.tune.runner import _prunes_for_the_model
 
     generic = tmp_path / "ernie"
