@@ -182,31 +182,32 @@ def _write_best(output: Path, record: dict[str, Any], files: dict[str, bytes]) -
     tmp.replace(output / BEST_RECORD)
 
 
-def _prunes_for_the_model(cfg: TuneConfig, reporter: Reporter) -> tuple[float, ...]:
-    """``cfg.prunes``, less the cuts its model cannot take: a family with no pruning layout (or a
-    variant the layout refuses) would have every pruned trial fail on the same error. Read from the
-    model's config.json where this machine has it; on a cluster the model may live on the nodes
-    alone, and their trials then say it."""
+def _without_cuts_the_model_cannot_take(space: list[Candidate], cfg: TuneConfig, reporter: Reporter) -> list[Candidate]:
+    """``space`` less its pruned candidates where the model cannot be pruned: a family with no
+    pruning layout (or a variant the layout refuses) would have every pruned trial fail on the
+    same error. Read from the model's config.json where this machine has it; on a cluster the
+    model may live on the nodes alone, and their trials then say it."""
     from optimize.architectures import pruning_refusal
     from optimize.exporter.resolve import locate, read_config
 
-    cuts = tuple(p for p in cfg.prunes if p > 0)
-    if not cuts or any(not 0.0 <= p < 1.0 for p in cfg.prunes):
-        return cfg.prunes  # nothing to leave out, or build_space refuses the fractions in one line
+    cuts = sorted({c.prune for c in space if c.prune > 0})
+    if not cuts:
+        return space
     try:
         path, _ = locate(cfg.base.model)
     except InputError:
         if cfg.cluster.address:
-            return cfg.prunes
+            return space
         raise
     config = read_config(path)
     refusal = pruning_refusal(str(config.get("model_type", "")), config)
     if refusal is None:
-        return cfg.prunes
-    if len(cuts) == len(cfg.prunes):
+        return space
+    unpruned = [c for c in space if c.prune == 0]
+    if not unpruned:
         raise InputError(refusal.problem, "pass --prune 0 (unpruned candidates only)")
     reporter.note(f"not tried: --prune {','.join(f'{p:g}' for p in cuts)} ({refusal.problem})")
-    return tuple(p for p in cfg.prunes if p == 0)
+    return unpruned
 
 
 def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
@@ -216,7 +217,7 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     output = Path(os.path.abspath(cfg.output))
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file", "pass a folder")
-    space = build_space(cfg.targets, _prunes_for_the_model(cfg, reporter), cfg.recovers, cfg.goal)
+    space = _without_cuts_the_model_cannot_take(build_space(cfg.targets, cfg.prunes, cfg.recovers, cfg.goal), cfg, reporter)
     store = TrialStore(output, cfg.context())
     work_root = output / WORK_FOLDER
     shutil.rmtree(work_root, ignore_errors=True)  # what an interrupted run left half-written

@@ -18,16 +18,10 @@ from cli_helpers import assert_one_line_error, optimize
 
 
 @pytest.fixture(scope="module")
-def small_bundle(tiny_model_dir, tmp_path_factory):
-    """A real ort-fp32 bundle of a tiny BERT (exported in this process: the command's own path is
-    what the tests below try with bad input, and a subprocess would spend seconds importing)."""
-    from optimize.api import export_model
-    from optimize.config import ExportConfig, ExportJob, ParityConfig, SpeedCheckConfig
-
-    folder = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_model(ExportJob(model=str(tiny_model_dir("bert")), target="ort-fp32", output=folder, export=ExportConfig(seq_len=64),
-                           parity=ParityConfig(size=16, unseen_size=16, seq_len=64), speed=SpeedCheckConfig(enabled=False)))
-    return folder
+def small_bundle(tiny_bundle):
+    """A real ort-fp32 bundle of a tiny BERT, the session's shared one (conftest.py): the tests
+    below read it and never write into it."""
+    return tiny_bundle("feature-extraction")[1]
 
 
 def _export(model: str, out: Path, *flags: str):

@@ -12,6 +12,7 @@ import pytest
 
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
+from optimize.errors import InputError
 from optimize.tune import ClusterConfig, TimingConfig, TuneConfig, parse_goal, tune
 from optimize.tune.space import Candidate
 
@@ -147,17 +148,23 @@ def test_tune_leaves_out_the_cuts_a_model_cannot_take_before_any_trial(tiny_mode
     those candidates are left out up front and said so; asked for cuts alone, one line."""
     import tiny_models  # here, not at the top: the API script below imports this module from tests/integration alone
 
-    from optimize.tune.runner import _prunes_for_the_model
+    from optimize.tune.runner import _without_cuts_the_model_cannot_take
+    from optimize.tune.space import build_space
+
+    def left(model: Path, prunes: tuple[float, ...], notes: Notes) -> list[float]:
+        cfg = tiny_config(model, tmp_path / "t", prunes=prunes)
+        space = _without_cuts_the_model_cannot_take(build_space(cfg.targets, cfg.prunes, cfg.recovers, cfg.goal), cfg, notes)
+        return sorted({c.prune for c in space})
 
     generic = tmp_path / "ernie"
     tiny_models.build(tiny_models.GENERIC, generic)
     notes = Notes()
-    assert _prunes_for_the_model(tiny_config(generic, tmp_path / "t", prunes=(0.0, 0.1, 0.3)), notes) == (0.0,)
+    assert left(generic, (0.0, 0.1, 0.3), notes) == [0.0]
     assert notes.lines == ["not tried: --prune 0.1,0.3 (pruning is not available for architecture 'ernie': it is not in the tested list, so where its heads and neurons live is not known)"]
-    for bad in ((-0.1, 0.3), (0.0, 1.5)):  # left to build_space's one-line refusal of the fractions
-        assert _prunes_for_the_model(tiny_config(generic, tmp_path / "t", prunes=bad), notes) == bad
-    prunable = tiny_config(tiny_model_dir("bert"), tmp_path / "t", prunes=(0.0, 0.3))
-    assert _prunes_for_the_model(prunable, notes) == (0.0, 0.3) and len(notes.lines) == 1
+    for bad in ((-0.1, 0.3), (0.0, 1.5)):  # refused in one line by build_space, before the model is read
+        with pytest.raises(InputError, match="--prune fractions must be in"):
+            left(generic, bad, notes)
+    assert left(tiny_model_dir("bert"), (0.0, 0.3), notes) == [0.0, 0.3] and len(notes.lines) == 1
 
     capsys.readouterr()  # the tiny models' build
     code = main(["tune", str(generic), "--prune", "0.3", "--output", str(tmp_path / "t")])
