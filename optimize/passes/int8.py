@@ -26,7 +26,7 @@ from optimize.quantization.qat import LayerScheme, weight_key
 
 #: placeholder parameters for decisions built only to compute their input transform.
 _UNSET = QuantParams(1.0, 0, False)
-from optimize.quantization.search import Budget, Evaluator, search
+from optimize.quantization.search import SENSITIVITY_TEXTS, Budget, Evaluator, search
 from optimize.quantization.targets import LinearTarget, find_targets, find_trt_sites
 
 #: held-back text is not the parity text: on it, spend only this share of each allowed loss
@@ -179,7 +179,7 @@ class Int8Pass(OptimizePass):
         for site in sites:
             decisions[site.node] = {"int8": SiteDecision(site, tuple(params(a) for a in site.activations))}
 
-        held_back = self.source.held_back()
+        held_back = self.source.held_back(leading=SENSITIVITY_TEXTS)
         evaluator = Evaluator(base, held_back, self.task, self.output, self.session)
         budget = held_back_budget(self.quant)
         unsupported = _unsupported(model, targets, self.style, self.quant.keep_fp32)
