@@ -29,11 +29,6 @@ from optimize.parity import similarity_scores
 from optimize.pruning import importance, reconstruct, recover, structure
 from optimize.runtimes.base import Feeds
 
-#: calibration texts the scores and the least-squares fits are measured on. The fit over-fits
-#: few texts and its domain: on pydoc alone (3,151 texts) held-out cosine at 30% read 0.9728 but
-#: 0.90 on other prose; on the four-domain corpus, unseen-domain (movie reviews) cosine after the
-#: fit 0.9214 with 4,096 texts, 0.9272 with 8,192 (about 6 minutes on 2 cores).
-FIT_TEXTS = 8192
 #: calibration batches (of 16) on which each layer's removal is measured for --drop-layers
 LAYER_SCORING_BATCHES = 16
 #: recovery draws from every calibration text up to this many (the built-in corpus has about
@@ -101,11 +96,11 @@ def prune(
     seq_len = min(calibration.seq_len, loaded.max_sequence)
     macs_before = structure.macs_per_token(layers, seq_len)
 
-    texts = calibration_texts(calibration.path, max(FIT_TEXTS, calibration.size), calibration.text_column)
+    texts = calibration_texts(calibration.path, max(cfg.fit_texts, calibration.size), calibration.text_column)
     # batches of similar length: the corpus mixes sentences with paragraphs, and a batch padded
     # to its longest member spent three quarters of the scoring and fitting on padding
     fit_batches = list(
-        length_bucketed_batches(loaded.tokenizer, texts[:FIT_TEXTS], loaded.input_names, batch_size=16, seq_len=seq_len, seed=0)
+        length_bucketed_batches(loaded.tokenizer, texts[: cfg.fit_texts], loaded.input_names, batch_size=16, seq_len=seq_len, seed=0)
     )
 
     classifier = loaded.task == "text-classification"
@@ -172,7 +167,7 @@ def prune(
         "neurons_kept": [len(n) for n in selection.neurons],
         "neurons_total": [t.neurons for t in teacher_layers],
         "kept_head_indices": selection.heads,
-        "scored_on_texts": len(texts[:FIT_TEXTS]),
+        "scored_on_texts": len(texts[: cfg.fit_texts]),
         "recovery_texts": len(training_texts),
         "reconstruction_relative_residual": fits,
         "pytorch_similarity": {"after_cut": after_cut, "after_reconstruction": after_fit, "after_recovery": after_recovery},

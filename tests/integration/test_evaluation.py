@@ -12,7 +12,7 @@ import torch
 
 import tiny_models
 from cli_helpers import assert_one_line_error, optimize
-from optimize.calibration.corpus import held_out_texts
+from optimize.calibration.corpus import calibration_texts, held_out_texts
 from optimize.evaluation import accuracy_drop, label_ids
 from optimize.errors import InputError
 from optimize.exporter import resolve
@@ -91,10 +91,12 @@ def test_accuracy_gate_refuses_a_drop_past_the_limit(tmp_path):
     data = tmp_path / "rows.csv"
     _rows(folder, data, count=80, near_ties=True)  # labels = the source model's predictions: 100% right
     out = tmp_path / "pruned"
+    texts = tmp_path / "calibration.txt"  # a short file: the fit reads every calibration text up to 8,192
+    texts.write_text("\n".join(calibration_texts(None, 96)), encoding="utf-8")
     result = optimize(
         "export", str(folder), "--task", "text-classification", "--prune", "0.6", "--prune-min-cosine", "0.01",
         "--prune-min-agreement", "0", "--eval-data", str(data), "--max-accuracy-drop", "0.1", "--output", str(out),
-        "--no-speed", "--seq-len", "64", "--parity-size", "32", "--unseen-size", "32", "--calibration-size", "64",
+        "--no-speed", "--seq-len", "64", "--parity-size", "32", "--unseen-size", "32", "--calibration", str(texts),
     )
     line = assert_one_line_error(result, "loses", "accuracy points", "--max-accuracy-drop 0.1", code=6)
     assert "1.0000 ->" in line  # the source model's accuracy on its own predictions

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_models import TINY_FIT
 
 from optimize.api import export_model, parity_batches
 from optimize.config import CalibrationConfig, ExportJob, ParityConfig, PruneConfig
@@ -61,8 +62,8 @@ def test_prune_meets_the_budget_and_reconstruction_helps(tiny_model_dir, quick_j
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o")
     batches = {p.texts.key: p.batches for p in parity_batches(loaded, job)}
     calibration = CalibrationConfig(size=64, seq_len=64)
-    plain = prune(loaded, PruneConfig(fraction=0.3, reconstruct=False), calibration, batches).report
-    fitted = prune(loaded, PruneConfig(fraction=0.3), calibration, batches).report
+    plain = prune(loaded, PruneConfig(fraction=0.3, reconstruct=False, fit_texts=TINY_FIT), calibration, batches).report
+    fitted = prune(loaded, PruneConfig(fraction=0.3, fit_texts=TINY_FIT), calibration, batches).report
     assert fitted["encoder_params_kept_share"] <= 0.71
     assert fitted["macs_per_token_after"] < fitted["macs_per_token_before"]
     assert plain["heads_kept"] == fitted["heads_kept"] and plain["neurons_kept"] == fitted["neurons_kept"]
@@ -135,7 +136,7 @@ def test_recovery_distils_towards_the_unpruned_model(tiny_model_dir, quick_job, 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) for t in ("ort-fp32", "ort-int8")])
 def test_pruned_export_has_smaller_matrices_and_a_manifest(target, tiny_model_dir, quick_job, tmp_path):
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out", target=target)
-    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.3), calibration=CalibrationConfig(size=48, seq_len=64))
+    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.3, fit_texts=TINY_FIT), calibration=CalibrationConfig(size=48, seq_len=64))
     outcome = export_model(job)
     pruning = outcome.manifest["pruning"]
     assert pruning["encoder_params_after"] <= 0.71 * pruning["encoder_params_before"]
@@ -174,7 +175,7 @@ def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_d
     from optimize.errors import ParityError
 
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out")
-    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.4, reconstruct=False, min_cosine=0.99999), calibration=CalibrationConfig(size=48, seq_len=64))
+    job = dataclasses.replace(job, prune=PruneConfig(fraction=0.4, reconstruct=False, min_cosine=0.99999, fit_texts=TINY_FIT), calibration=CalibrationConfig(size=48, seq_len=64))
     with pytest.raises(ParityError) as refused:
         export_model(job)
     assert "--recover" in refused.value.fix and not (tmp_path / "out").exists()
@@ -184,7 +185,7 @@ def test_a_cut_beyond_the_budget_is_refused_with_what_helps_pruning(tiny_model_d
 def test_a_layer_pruned_to_one_head_still_builds(tiny_model_dir, quick_job, tmp_path):
     """onnxscript's MHA rules do not take a one-head layer; its SDPA must not reach ORT unlowered."""
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "out")
-    prune_cfg = PruneConfig(fraction=0.3, what="heads", reconstruct=False, min_cosine=0.0, min_agreement=0.0)
+    prune_cfg = PruneConfig(fraction=0.3, what="heads", reconstruct=False, min_cosine=0.0, min_agreement=0.0, fit_texts=TINY_FIT)
     outcome = export_model(dataclasses.replace(job, prune=prune_cfg, calibration=CalibrationConfig(size=48, seq_len=64)))
     assert 1 in outcome.manifest["pruning"]["heads_kept"]
     ops = outcome.manifest["passes"]["final_ops"]
@@ -202,7 +203,7 @@ def test_drop_layers_removes_the_least_missed_layer_and_recovery_maps_the_rest(t
     batches = parity_batches(loaded, ExportJob(model=str(folder), target="ort-fp32", output=tmp_path / "o",
                                                parity=ParityConfig(size=24, seq_len=64, unseen_size=24)))
     sets = {p.texts.key: p.batches for p in batches}
-    report = prune(loaded, PruneConfig(drop_layers=1, recover_steps=20), CalibrationConfig(size=64, seq_len=64), sets).report
+    report = prune(loaded, PruneConfig(drop_layers=1, recover_steps=20, fit_texts=TINY_FIT), CalibrationConfig(size=64, seq_len=64), sets).report
     assert report["layers_total"] == 3 and len(report["layers_kept"]) == 2
     assert report["encoder_params_kept_share"] == pytest.approx(2 / 3, abs=0.01)
     similarity = report["pytorch_similarity"]

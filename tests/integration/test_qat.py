@@ -7,8 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_one_line_error, optimize
+from tiny_models import TINY_FIT
+
 from optimize.api import parity_batches
 from optimize.exporter import export, resolve
 from optimize.passes.int8 import Int8Pass
@@ -92,7 +93,7 @@ def test_qat_after_dropped_layers_learns_from_the_teacher_layers_kept(tiny_model
 
     job = quick_job(str(tiny_model_dir("bert")), tmp_path / "o", target="ort-int8")
     job = dataclasses.replace(
-        job, prune=PruneConfig(drop_layers=1), quant=QuantConfig(qat_steps=5), calibration=CalibrationConfig(size=48, seq_len=64)
+        job, prune=PruneConfig(drop_layers=1, fit_texts=TINY_FIT), quant=QuantConfig(qat_steps=5), calibration=CalibrationConfig(size=48, seq_len=64)
     )
     manifest = export_model(job).manifest
     assert manifest["qat"]["steps"] == 5 and manifest["pruning"]["layers_kept"] in ([0], [1])
