@@ -31,7 +31,7 @@ JS_CACHE = REPO / ".cache" / "js"
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """One maker at a time (pytest-xdist workers, two sessions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
@@ -60,7 +60,7 @@ def optimum_python() -> Path:
     venv = OPTIMUM_VENV / hashlib.sha256(base.encode()).hexdigest()[:12]
     python = venv / "bin" / "python"
     marker = venv / ".made-for"
-    with _locked(REPO / ".cache" / "venv-optimum.lock"):
+    with locked(REPO / ".cache" / "venv-optimum.lock"):
         if python.is_file() and marker.is_file() and marker.read_text() == base:
             return python
         shutil.rmtree(venv, ignore_errors=True)
@@ -88,7 +88,7 @@ def node_tools() -> str | None:
 def js_folder() -> Path:
     """.cache/js with tests/js's script and its packages installed."""
     wanted = (JS_SOURCE / "package.json").read_text()
-    with _locked(REPO / ".cache" / "js.lock"):
+    with locked(REPO / ".cache" / "js.lock"):
         JS_CACHE.mkdir(parents=True, exist_ok=True)
         for item in JS_SOURCE.iterdir():
             shutil.copy2(item, JS_CACHE / item.name)
