@@ -31,6 +31,20 @@ def test_by_length_orders_by_tokens_and_keeps_every_text(tokenizer):
     assert ordered == ["short", "tiny", "mid length text", "a much longer sentence than the others here"]  # ties keep order
     # truncation decides the length: past seq_len every text is as long as any other
     assert by_length(tokenizer, texts, seq_len=3) == texts
+    assert by_length(tokenizer, [], seq_len=128) == []  # a fast tokenizer given nothing raises
+
+
+def test_a_short_calibration_file_holds_back_fewer_texts_than_the_leading_sample(tokenizer, tmp_path):
+    """100 lines: after parity's share, a third of the rest is held back (30), fewer than the 48
+    the int8 search ranks layers on; the rest of the held-back text is then empty."""
+    lines = tmp_path / "calibration.txt"
+    lines.write_text("\n".join(calibration_texts(None, 100)), encoding="utf-8")
+    source = CalibrationSource(tokenizer, ("input_ids", "attention_mask", "token_type_ids"), CalibrationConfig(path=lines, size=512))
+    stats_texts, held = source.counts()
+    assert 0 < held < 48 and stats_texts > held
+    batches = source.held_back(leading=48)
+    assert sum(len(b["input_ids"]) for b in batches) == held
+    assert source.held_back() and list(source.batches())
 
 
 def test_held_back_batches_pad_little_and_keep_the_leading_sample(tokenizer):
