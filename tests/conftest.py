@@ -65,4 +65,3 @@ def rotten_tomatoes_test_texts():
 
     with open(require_shared_file(ROTTEN_TOMATOES), newline="", encoding="utf-8") as handle:
         return [row["text"] for row in csv.DictReader(handle) if row["split"] == "test"]
-
