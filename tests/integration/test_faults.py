@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,27 +29,36 @@ def _staging(bundle: Path, pid: int) -> list[Path]:
     return [p for p in bundle.parent.iterdir() if p.name.startswith(f".{bundle.name}.tmp-{pid}-")]
 
 
-@dataclass(frozen=True)
-class Existing:
-    bundle: Path
-    writing_starts_s: float  # how long after the start the export began writing (staging folder seen)
-
-
 @pytest.fixture(scope="module")
-def existing_bundle(tiny_model_dir, tmp_path_factory) -> Existing:
-    """A bundle to protect, and when the same export starts writing (to aim signals before it)."""
+def existing_bundle(tiny_model_dir, tmp_path_factory) -> Path:
+    """A bundle to protect."""
     out = tmp_path_factory.mktemp("interrupt") / "bundle"
-    started = time.monotonic()
-    process = subprocess.Popen(_export_args(tiny_model_dir("bert"), out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    writing = None
-    while process.poll() is None:
-        if writing is None and out.parent.is_dir() and _staging(out, process.pid):
-            writing = time.monotonic() - started
-        time.sleep(0.001)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
-    assert writing is not None, "the export never showed a staging folder"
-    return Existing(out, writing)
+    done = subprocess.run(_export_args(tiny_model_dir("bert"), out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+#: the export's first line on stderr (optimize.api.export_model), printed once the model is loaded
+#: and before the ONNX export, the passes and parity: the "working" case stops the export there
+WORKING_LINE = b"model: "
+
+
+def _read_until(process: subprocess.Popen, marker: bytes, timeout_s: float) -> bytes:
+    """What the process wrote on stderr up to and including the line that starts with ``marker``.
+    Read from the file descriptor, unbuffered, so that communicate() later gets the rest and
+    nothing is read twice or lost."""
+    received = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 0.05)
+        if ready:
+            chunk = os.read(process.stderr.fileno(), 4096)
+            if not chunk:  # the process closed stderr: it ended before the line
+                break
+            received += chunk
+            if any(line.startswith(marker) for line in received.split(b"\n")[:-1]):  # whole lines only
+                return received
+    raise AssertionError(f"the export never printed {marker!r} on stderr: {received.decode(errors='replace')[-500:]}")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -76,37 +85,41 @@ def _freeze(process: subprocess.Popen) -> None:
     ("sig", "when"),
     [
         (signal.SIGINT, "starting"),  # interpreter start and imports: maybe before any handler
-        (signal.SIGTERM, "working"),  # export, passes, parity
+        (signal.SIGTERM, "working"),  # the model loaded, the ONNX export beginning
         (signal.SIGINT, "working"),
         (signal.SIGTERM, "writing"),  # the staging folder exists: the new bundle is being written
         (signal.SIGINT, "writing"),
     ],
 )
 def test_interrupted_forced_export_keeps_the_previous_bundle(sig, when, existing_bundle, tiny_model_dir):
-    bundle = existing_bundle.bundle
+    bundle = existing_bundle
     before = _snapshot(bundle)
     process = subprocess.Popen(
         _export_args(tiny_model_dir("bert"), bundle, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=ENV, preexec_fn=_default_sigint,
     )
+    early_stderr = b""
     try:
         if when == "writing":  # wait for the staging folder, then stop the export inside the write
             deadline = time.monotonic() + 600
             while not _staging(bundle, process.pid) and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.0005)
+        elif when == "working":  # the model is loaded and the export about to begin
+            early_stderr = _read_until(process, WORKING_LINE, timeout_s=600)
         else:
-            time.sleep(0.8 if when == "starting" else existing_bundle.writing_starts_s / 2)
+            time.sleep(0.8)
         _freeze(process)
         staging = _staging(bundle, process.pid)
         if when == "writing":
             assert staging, "the write had finished when the export was stopped: nothing was interrupted mid-write"
         elif when == "working":
-            assert not staging, "the export was already writing: aim earlier"
+            assert not staging, "the export was already writing when it was stopped"
         process.send_signal(sig)  # pending until the process continues
     finally:
         if process.poll() is None:  # a stopped process is not reaped: it is still there to continue
             os.kill(process.pid, signal.SIGCONT)
     stdout, stderr = process.communicate(timeout=600)
+    stderr = early_stderr.decode() + stderr
     if when == "starting" and process.returncode == -sig and f"{os.sep}optimize{os.sep}" not in stderr:
         # on a loaded machine the signal can land in Python's own start-up (site, runpy), before
         # any code of this project runs: Python's traceback there is not the project's to prevent
