@@ -81,7 +81,7 @@ def _ort_fp32_passes(ctx: PassContext) -> list[OptimizePass]:
         CleanupPass(),
         AttentionMaskIndexPass(),
         ResidualBiasFoldPass(),
-        UnpadPass(),  # after the fold, which looks for LayerNorm -> Attention on the padded layout
+        UnpadPass(attention=ctx.job.export.packed_attention),  # after the fold, which looks for LayerNorm -> Attention on the padded layout
     ]
 
 
@@ -106,7 +106,7 @@ def _ort_int8_passes(ctx: PassContext) -> list[OptimizePass]:
         ),
         EmbeddingInt8Pass(),
         CleanupPass(),
-        UnpadPass(),
+        UnpadPass(attention=ctx.job.export.packed_attention),
         WeightStorageInt8Pass(),  # last: cleanup's folding would turn it back into fp32
     ]
 
@@ -131,7 +131,7 @@ def _ort_fp16_passes(ctx: PassContext) -> list[OptimizePass]:
             session=_ORT_CPU_SESSION,
         ),
         CleanupPass(),
-        UnpadPass(),
+        UnpadPass(attention=ctx.job.export.packed_attention),
     ]
 
 

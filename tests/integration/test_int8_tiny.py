@@ -34,6 +34,10 @@ def test_int8_export_meets_its_budget(classification, tiny_model_dir, quick_job,
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node)
     assert ops["QAttention"] + ops["MatMulIntegerToFloat"] == stats["int8_layers"], ops
     assert ops["QuantizeLinear"] > 0
+    # both attentions, QAttention or not, on the packed rows (unpad_attention.py): no fused op left
+    # (the classifier's graph is not unpadded: README, "Interop")
+    unpad = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "unpad")
+    assert classification or unpad["stats"].get("attention") == {"packed": 2} and ops["MultiHeadAttention"] == 2 and not ops["QAttention"], (unpad, ops)
 
 
 def test_keep_fp32_is_honoured_and_explained(tiny_model_dir, quick_job, tmp_path):

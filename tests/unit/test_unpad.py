@@ -45,15 +45,34 @@ def test_outputs_at_real_positions_are_unchanged(kind, tiny_model_dir):
     unpad = UnpadPass()
     unpad(m)
 
-    # every MatMul of the layers reads packed [tokens, C] rows; attention alone runs padded
+    # every MatMul of the layers reads packed [tokens, C] rows, Q/K/V included; the softmax
+    # alone runs padded, in a mask-free MultiHeadAttention
     packed_matmuls = [n for n in m.graph if n.op_type == "MatMul" and len(n.inputs[0].shape or ()) == 2]
-    assert len(packed_matmuls) == 6, op_counts(m)  # 2 layers x (attention output, FFN in, FFN out)
-    assert op_counts(m)["ScatterND"] == 3  # before each layer's attention, and the graph output
+    assert len(packed_matmuls) == 8, op_counts(m)  # 2 layers x (Q/K/V, attention output, FFN in, FFN out)
+    ops = op_counts(m)
+    assert ops["com.microsoft::MultiHeadAttention"] == 2 and not ops["com.microsoft::Attention"], ops
+    assert not [n for n in m.graph if n.op_type == "MultiHeadAttention" and len(n.inputs) > 3], "no mask: the flash kernel"
+    assert unpad.stats["attention"] == {"packed": 2}
     assert unpad.stats["packed_nodes"] > 0
     (after,) = run(m, feeds)
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(after[real], before[real], rtol=1e-5, atol=1e-5)
     assert np.all(after[~real] == 0.0)  # padded positions are zeros, not computed
+
+
+def test_fused_attention_stays_when_asked(tiny_model_dir):
+    """--fused-attention: ONNX Runtime's fused Attention on the padded layout, the rest unpadded."""
+    m, names = _fused(tiny_model_dir("bert"))
+    feeds = _feeds(names, [7, 2], 7)
+    (before,) = run(m, feeds)
+    unpad = UnpadPass(attention=False)
+    unpad(m)
+    ops = op_counts(m)
+    assert ops["com.microsoft::Attention"] == 2 and not ops["com.microsoft::MultiHeadAttention"], ops
+    assert unpad.stats["attention"] == "fused, padded (off)"
+    (after,) = run(m, feeds)
+    real = feeds["attention_mask"].astype(bool)
+    np.testing.assert_allclose(after[real], before[real], rtol=1e-5, atol=1e-5)
 
 
 def test_outputs_of_different_widths_each_get_their_padded_layout(tiny_model_dir):
