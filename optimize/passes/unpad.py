@@ -136,8 +136,9 @@ class UnpadPass(OptimizePass):
         if self.attention:
             attention = unpad_attention.pack_attentions(graph, mask, builder, lambda n: self._token_wise(n, token_major))
         builder.finish(region[0])
-        if attention.get("packed"):
-            onnx_ir.passes.common.RemoveUnusedNodesPass()(model)  # the unpacks the attentions read before
+        if attention.get("packed") or attention.get("left"):
+            # the unpacks the rewritten attentions read before, and anything a refused one left
+            onnx_ir.passes.common.RemoveUnusedNodesPass()(model)
         self.stats = {"packed_nodes": len(region), "packed_inputs": len(packed), "unpacked_outputs": unpacked, "attention": attention if self.attention else "fused, padded (off)"}
         return True
 
@@ -224,6 +225,7 @@ class _Packing:
         self.flat_mask = flat_mask
         self.index = self._node("Reshape", [positions, flat_shape], "unpad_index")  # [tokens]
         self.rows: ir.Value | None = None  # [batch * sequence]: each position's packed row, made on first use
+        self.tokens: ir.Value | None = None
         self.zero_rows: dict[tuple[int, ir.DataType], ir.Value] = {}
         self.padded_shapes: dict[int, ir.Value] = {}
         self.batch_sequence: ir.Value | None = None  # Shape(mask), made once for every channel count
@@ -245,15 +247,25 @@ class _Packing:
         """Each position's row among the packed ones plus a zero row at the end: a real position's
         rank among the real ones, a padded position the index one past the last (``tokens``)."""
         if self.rows is None:
-            real = self._node("Cast", [self.flat_mask], "unpad_real", {"to": ir.DataType.BOOL})
+            # Not(Equal(mask, 0)), not Cast(mask, bool): a Cast reading a Cast is what the fp16
+            # graph checks count as a chain
+            dtype = self.mask.dtype or ir.DataType.INT64
+            zero = self._const(f"unpad_mask_zero_{dtype.name}", np.zeros((), dtype.numpy()))
+            padding = self._node("Equal", [self.flat_mask, zero], "unpad_padding")
+            real = self._node("Not", [padding], "unpad_real")
             ones = self._node("Cast", [real], "unpad_real_count", {"to": ir.DataType.INT64})
             axis = self._const("unpad_axis_0", np.array(0, np.int64))
             rank = self._node("CumSum", [ones, axis], "unpad_rank")
             one = self._const("unpad_one", np.array(1, np.int64))
             before = self._node("Sub", [rank, one], "unpad_rank_from_0")
-            tokens = self._node("Shape", [self.index], "unpad_tokens")  # [1]: the zero row's index
-            self.rows = self._node("Where", [real, before, tokens], "unpad_rows")
+            self.rows = self._node("Where", [real, before, self._tokens()], "unpad_rows")
         return self.rows
+
+    def _tokens(self) -> ir.Value:
+        """[1]: how many real tokens (the zero row's index)."""
+        if self.tokens is None:
+            self.tokens = self._node("Shape", [self.index], "unpad_tokens")
+        return self.tokens
 
     def _zero_row(self, channels: int, dtype: ir.DataType) -> ir.Value:
         key = (channels, dtype)
@@ -281,11 +293,11 @@ class _Packing:
 
     def unpack(self, packed: ir.Value, channels: int, batch, sequence) -> ir.Value:  # noqa: ANN001
         """``packed`` [tokens, C] -> [batch, sequence, C] with zeros at padded positions, right
-        after the producer of ``packed``."""
+        after the producer of ``packed``. (A batch without padding needs no more than a Reshape;
+        choosing it with an If was measured no faster: the If costs what the copy saves.)"""
         dtype = packed.dtype or ir.DataType.FLOAT
-        rows = self._rows()
         extended = ir.node("Concat", [packed, self._zero_row(channels, dtype)], attributes={"axis": 0}, name=f"{packed.name}_and_zero_row")
-        gather = ir.node("Gather", [extended.outputs[0], rows], attributes={"axis": 0}, name=f"{packed.name}_unpack")
+        gather = ir.node("Gather", [extended.outputs[0], self._rows()], attributes={"axis": 0}, name=f"{packed.name}_unpack")
         reshape = ir.node("Reshape", [gather.outputs[0], self._padded_shape(channels)], name=f"{packed.name}_padded")
         padded = reshape.outputs[0]
         padded.name = f"{packed.name}_padded"

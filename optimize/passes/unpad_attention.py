@@ -136,9 +136,6 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
     unknown = set(node.attributes) - _ATTENTION_ATTRIBUTES
     if unknown or node.attributes.get_int("unidirectional", 0):
         return f"attributes {sorted(unknown) or ['unidirectional']}"
-    packed = _packed_twin(inputs[0], packing, token_wise, graph, node) if inputs[0] is not None else None
-    if packed is None:
-        return "its input is not unpacked from real tokens"
     weight, bias = _const(inputs[1]), _const(inputs[2])
     if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3 or bias.shape != (weight.shape[1],):
         return "weights or bias not constant [H, 3H] and [3H]"
@@ -151,6 +148,16 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
         return "unequal Q/K/V sizes"
     size = hidden // heads
     scale = node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(size)
+    if int8:
+        columns = weight.shape[1]
+        weight_scale = _const(inputs[4])
+        weight_zero = _const(inputs[7]) if len(inputs) > 7 and inputs[7] is not None else np.zeros(1, weight.dtype)
+        if weight_scale is None or weight_zero is None or weight_scale.size not in (1, columns) or weight_zero.size not in (1, columns):
+            return "int8 weight scale or zero point not constant, per tensor or per column"
+    # last, as it may add nodes: the input on the packed rows
+    packed = _packed_twin(inputs[0], packing, token_wise, graph, node) if inputs[0] is not None else None
+    if packed is None:
+        return "its input is not unpacked from real tokens"
     name = node.name or "attention"
 
     def initializer(suffix: str, array: np.ndarray) -> ir.Value:
@@ -163,11 +170,6 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
     wide_weight = initializer("qkv_weight_packed", _widen_heads(weight, heads, 0, 0))
     new_nodes: list[ir.Node] = []
     if int8:
-        columns = weight.shape[1]
-        weight_scale = _const(inputs[4])
-        weight_zero = _const(inputs[7]) if len(inputs) > 7 and inputs[7] is not None else np.zeros(1, weight.dtype)
-        if weight_scale is None or weight_zero is None or weight_scale.size not in (1, columns) or weight_zero.size not in (1, columns):
-            return "int8 weight scale or zero point not constant, per tensor or per column"
         scale_columns = np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,))
         zero_columns = np.broadcast_to(weight_zero.reshape(-1), (columns,))
         projection = ir.node("MatMulIntegerToFloat", [

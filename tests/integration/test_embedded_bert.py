@@ -61,7 +61,7 @@ def test_inspect_reads_the_bundle(fp32_bundle):
     result = optimize("inspect", str(out))
     assert result.code == 0, result.stderr
     assert "target: ort-fp32" in result.stdout
-    assert "com.microsoft::Attention 6" in result.stdout
+    assert "com.microsoft::MultiHeadAttention 6" in result.stdout
 
 
 def test_exporting_again_without_force_is_refused(fp32_bundle):
