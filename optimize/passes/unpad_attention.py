@@ -9,9 +9,12 @@ kernel (MLAS) for a plain one; with no mask the flash kernel is about 3x faster 
 
 The unpad pass therefore rewrites each such attention as
 
-    qkv = MatMul(packed, W') + b'          on real tokens (MatMulIntegerToFloat in int8)
-    q, k, v = Split(unpack(qkv))           zeros at padded positions
+    q = unpack(MatMul(packed, Wq') + bq')  on real tokens (MatMulIntegerToFloat in int8),
+    k, v likewise                          zeros at padded positions
     out = MultiHeadAttention(q, k, v)      no mask: the flash kernel
+
+(Three projections, not one of [H, 3H] and a Split: the Split copied every value once more.
+Side by side at batch 8 and 32 of real sentences the three were 3-8% faster, fp32 and int8.)
 
 and carries the key-padding mask in the projection itself: Q and K get one extra channel per
 head. Q's is 1 and K's is KEY_MARK / scale on every real token, so every real key's logit is
@@ -166,42 +169,40 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
         return value
 
     # the extra channels through the bias: Q's is 1, K's KEY_MARK / scale, on real tokens only
-    wide_bias = initializer("qkv_bias_packed", _widen_heads(bias, heads, 1.0, KEY_MARK / scale))
-    wide_weight = initializer("qkv_weight_packed", _widen_heads(weight, heads, 0, 0))
-    new_nodes: list[ir.Node] = []
-    if int8:
-        scale_columns = np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,))
-        zero_columns = np.broadcast_to(weight_zero.reshape(-1), (columns,))
-        projection = ir.node("MatMulIntegerToFloat", [
-            packed,  # the quantized activation, packed
-            wide_weight,
-            inputs[3],  # the activation's scale and zero point, as QAttention had them
-            initializer("qkv_weight_scale_packed", _widen_heads(scale_columns, heads, 1.0, 1.0)),
-            inputs[6] if len(inputs) > 6 else None,
-            initializer("qkv_weight_zero_point_packed", _widen_heads(zero_columns, heads, 0, 0)),
-            wide_bias,
-        ], domain=_MS, name=f"{name}_qkv_packed")
-        new_nodes.append(projection)
-    else:
-        matmul = ir.node("MatMul", [packed, wide_weight], name=f"{name}_qkv_packed_matmul")
-        projection = ir.node("Add", [matmul.outputs[0], wide_bias], name=f"{name}_qkv_packed")
-        new_nodes += [matmul, projection]
-    projected = projection.outputs[0]
-    projected.name = f"{name}_qkv_packed"
-    projected.dtype = ir.DataType.FLOAT
-    width = int(wide_bias.const_value.shape[0])  # type: ignore[union-attr]
-    projected.shape = ir.Shape([ir.SymbolicDim("tokens"), width])
-    graph.insert_before(node, new_nodes)
-
-    old = node.outputs[0]
-    batch, sequence = inputs[0].shape[0], inputs[0].shape[1]  # type: ignore[union-attr]  # unpacked: [batch, sequence, C]
-    padded = packing.unpack(projected, width, batch, sequence)
+    wide_bias = _widen_heads(bias, heads, 1.0, KEY_MARK / scale)
+    wide_weight = _widen_heads(weight, heads, 0, 0)
     wide = heads * (size + 1)
-    split = ir.node("Split", [padded, initializer("qkv_split", np.array([wide, wide, hidden], np.int64))],
-                    attributes={"axis": 2}, num_outputs=3, name=f"{name}_qkv_split")
-    attention = ir.node("MultiHeadAttention", list(split.outputs), domain=_MS, name=f"{name}_mha",
-                        attributes={"num_heads": heads, "scale": float(scale)})
-    graph.insert_before(node, [split, attention])
+    spans = {"q": (0, wide), "k": (wide, 2 * wide), "v": (2 * wide, 2 * wide + hidden)}
+    if int8:
+        scale_columns = _widen_heads(np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,)), heads, 1.0, 1.0)
+        zero_columns = _widen_heads(np.broadcast_to(weight_zero.reshape(-1), (columns,)), heads, 0, 0)
+    batch, sequence = inputs[0].shape[0], inputs[0].shape[1]  # type: ignore[union-attr]  # unpacked: [batch, sequence, C]
+    padded: list[ir.Value] = []
+    for part, (start, stop) in spans.items():
+        if int8:
+            projection = ir.node("MatMulIntegerToFloat", [
+                packed,  # the quantized activation, packed
+                initializer(f"{part}_weight_packed", wide_weight[:, start:stop]),
+                inputs[3],  # the activation's scale and zero point, as QAttention had them
+                initializer(f"{part}_weight_scale_packed", scale_columns[start:stop]),
+                inputs[6] if len(inputs) > 6 else None,
+                initializer(f"{part}_weight_zero_point_packed", zero_columns[start:stop]),
+                initializer(f"{part}_bias_packed", wide_bias[start:stop]),
+            ], domain=_MS, name=f"{name}_{part}_packed")
+            new_nodes = [projection]
+        else:
+            matmul = ir.node("MatMul", [packed, initializer(f"{part}_weight_packed", wide_weight[:, start:stop])], name=f"{name}_{part}_packed_matmul")
+            projection = ir.node("Add", [matmul.outputs[0], initializer(f"{part}_bias_packed", wide_bias[start:stop])], name=f"{name}_{part}_packed")
+            new_nodes = [matmul, projection]
+        projected = projection.outputs[0]
+        projected.name = f"{name}_{part}_packed"
+        projected.dtype = ir.DataType.FLOAT
+        projected.shape = ir.Shape([ir.SymbolicDim("tokens"), stop - start])
+        graph.insert_before(node, new_nodes)
+        padded.append(packing.unpack(projected, stop - start, batch, sequence))
+    attention = ir.node("MultiHeadAttention", padded, domain=_MS, name=f"{name}_mha", attributes={"num_heads": heads, "scale": float(scale)})
+    graph.insert_before(node, [attention])
+    old = node.outputs[0]
     out = attention.outputs[0]
     out.dtype, out.shape = old.dtype, old.shape
     old.replace_all_uses_with(out)
