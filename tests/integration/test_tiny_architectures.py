@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from cli_helpers import optimize
 from optimize.api import export_model
 
 EXPECTED_INPUTS = {
@@ -66,3 +67,16 @@ def test_text_classification_logits_parity(kind, tiny_model_dir, quick_job, tmp_
     assert outcome.manifest["io"]["outputs"][0]["name"] == "logits"
     assert outcome.parity.label_agreement == 1.0
     assert outcome.parity.max_abs_error < 1e-3
+
+
+def test_fused_attention_flag_keeps_onnx_runtimes_fused_attention(tiny_model_dir, tmp_path):
+    """`--fused-attention` reaches the unpad pass: the fused op stays, on the padded layout."""
+    out = tmp_path / "fused"
+    result = optimize("export", str(tiny_model_dir("bert")), "--output", str(out), "--no-speed", "--seq-len", "64",
+                      "--parity-size", "16", "--unseen-size", "32", "--fused-attention")
+    assert result.code == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    ops = manifest["passes"]["final_ops"]
+    assert ops["com.microsoft::Attention"] == 2 and "com.microsoft::MultiHeadAttention" not in ops, ops
+    unpad = next(p for p in manifest["passes"]["passes"] if p["name"] == "unpad")
+    assert unpad["stats"]["attention"] == "fused, padded (off)"
