@@ -11,18 +11,24 @@ The unpad pass therefore rewrites each such attention as
 
     q = unpack(MatMul(packed, Wq') + bq')  on real tokens (MatMulIntegerToFloat in int8),
     k, v likewise                          zeros at padded positions
-    out = MultiHeadAttention(q, k, v)      no mask: the flash kernel
+    out = MultiHeadAttention(q, k, v)      no mask: the flash kernel; then each head divided
+                                           by its weight on real keys (below)
 
 (Three projections, not one of [H, 3H] and a Split: the Split copied every value once more.
 Side by side at batch 8 and 32 of real sentences the three were 3-8% faster, fp32 and int8.)
 
-and carries the key-padding mask in the projection itself: Q and K get one extra channel per
-head. Q's is 1 and K's is KEY_MARK / scale on every real token, so every real key's logit is
-raised by KEY_MARK; a padded key's projection is all zeros (the unpack fills them), so its
-logit is 0, KEY_MARK below the real keys, and the softmax (invariant to a shift of a row) gives
-it a weight of at most exp(-KEY_MARK + the row's largest real logit spread). V keeps its size,
-so the output and the output projection are unchanged. Padded queries compute garbage, which
-the next pack drops, as it dropped the fused op's.
+The rewrite carries the key-padding mask in the projections themselves: Q, K and V get one extra
+channel per head. Q's is 1 and K's KEY_MARK / scale on every real token, so every real key's
+logit is lifted by KEY_MARK; a padded key's projection is all zeros (the unpack fills them), so
+its logit is 0. That alone is not enough: softmax ignores a shift of a whole row, so nothing holds
+the real logits' level near zero (a key bias adds q . b_k to every logit of a row), and a row
+whose real logits all sit near -40 would give the padded keys as much weight as the real ones.
+So V's extra channel is 1 on real tokens: the attention returns, per head, the softmax weight
+that fell on real keys, and the output is divided by it, on the packed rows. That is exact at
+any level (checked down to logits of -72; tests/unit/test_unpad_attention.py) as long as the
+real keys' weight does not underflow (real logits above about -120); KEY_MARK keeps the division
+near 1 in the usual case. Padded queries compute garbage, which the pack drops, as it dropped
+the fused op's.
 
 Only an attention whose input the unpad pass has just unpacked is rewritten, with the unpad
 pass's own unpack for the projection: there, and only there, padded positions are zeros.
@@ -39,11 +45,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-#: how far above a padded key every real key's logit is lifted. Large enough that a padded key's
-#: softmax weight is nothing (exp(-40) = 4e-18), small enough that (1) a logit of about 40 keeps
-#: float32 resolution (4e-6) and (2) exp() of a padded key's logit minus the row maximum stays
-#: above -87, where float32 turns denormal: measured, a shift of 88 made the flash kernel 25x
-#: slower (130 ms against 5.5 ms) and 177 still 2.4x.
+#: how far above a padded key every real key's logit is lifted. Large enough that in the usual
+#: row a padded key's weight is nothing (exp(-40) = 4e-18; the division by the real keys' weight
+#: covers the rest), small enough that (1) a logit of about 40 keeps float32 resolution (4e-6)
+#: and (2) exp() of a padded key's logit minus the row maximum stays above -87, where float32
+#: turns denormal: measured, a gap of 88 made the flash kernel 25x slower (130 ms against 5.5 ms)
+#: and 177 still 2.4x, with or without ORT's set_denormal_as_zero.
 KEY_MARK = 40.0
 
 _MS = "com.microsoft"
@@ -56,17 +63,17 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _widen_heads(matrix: np.ndarray, heads: int, fill_q: float, fill_k: float) -> np.ndarray:
-    """[..., 3 * H] (Q, K, V) -> [..., 2 * heads * (d + 1) + H]: one extra channel after each head of Q and K."""
+def _widen_heads(matrix: np.ndarray, heads: int, fill_q: float, fill_k: float, fill_v: float) -> np.ndarray:
+    """[..., 3 * H] (Q, K, V) -> [..., 3 * heads * (d + 1)]: one extra channel after each head."""
     hidden = matrix.shape[-1] // 3
     size = hidden // heads
     lead = matrix.shape[:-1]
-    q, k, v = (matrix[..., i * hidden : (i + 1) * hidden].reshape(*lead, heads, size) for i in range(3))
-    extra_q = np.broadcast_to(np.asarray(fill_q, matrix.dtype), (*lead, heads, 1))
-    extra_k = np.broadcast_to(np.asarray(fill_k, matrix.dtype), (*lead, heads, 1))
-    wide_q = np.concatenate([q, extra_q], axis=-1).reshape(*lead, heads * (size + 1))
-    wide_k = np.concatenate([k, extra_k], axis=-1).reshape(*lead, heads * (size + 1))
-    return np.concatenate([wide_q, wide_k, v.reshape(*lead, hidden)], axis=-1)
+    parts = []
+    for i, fill in enumerate((fill_q, fill_k, fill_v)):
+        block = matrix[..., i * hidden : (i + 1) * hidden].reshape(*lead, heads, size)
+        extra = np.broadcast_to(np.asarray(fill, matrix.dtype), (*lead, heads, 1))
+        parts.append(np.concatenate([block, extra], axis=-1).reshape(*lead, heads * (size + 1)))
+    return np.concatenate(parts, axis=-1)
 
 
 def pack_attentions(graph: ir.Graph, mask: ir.Value, packing: Any, token_wise: Callable[[ir.Node], bool]) -> dict[str, Any]:
@@ -74,10 +81,10 @@ def pack_attentions(graph: ir.Graph, mask: ir.Value, packing: Any, token_wise: C
     ``_Packing``), directly or through token-wise nodes (``token_wise``: the unpad pass's test);
     how many were rewritten, and why the others were not."""
     rewritten, skipped = 0, []
-    for node in list(graph):
+    for index, node in enumerate(list(graph)):
         if node.domain != _MS or node.op_type not in ("Attention", "QAttention"):
             continue
-        why = _rewrite(graph, node, mask, packing, token_wise)
+        why = _rewrite(graph, node, mask, packing, token_wise, index)
         if why is None:
             rewritten += 1
         else:
@@ -107,12 +114,13 @@ def _packed_twin(
         if twin is None:
             return None
         twins.append(twin)
-    clone = ir.node(producer.op_type, twins, attributes=dict(producer.attributes), domain=producer.domain, name=f"{producer.name}_packed")
+    clone = ir.node(producer.op_type, twins, attributes=dict(producer.attributes), domain=producer.domain, name=f"{value.name}_packing")  # value names are unique; node names may be empty
     packed = clone.outputs[0]
     packed.name = f"{value.name}_packed"
     packed.dtype = value.dtype
     packed.shape = ir.Shape([ir.SymbolicDim("tokens"), value.shape[2] if value.shape is not None else None])
     graph.insert_before(before, [clone])
+    packing.unpacked[id(value)] = packed  # a second reader of ``value`` reuses this clone
     return packed
 
 
@@ -128,12 +136,16 @@ def _is_padding_mask(value: ir.Value | None, mask: ir.Value) -> bool:
     return False
 
 
-def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token_wise: Callable[[ir.Node], bool]) -> str | None:
+def _rewrite(
+    graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token_wise: Callable[[ir.Node], bool], index: int
+) -> str | None:
     int8 = node.op_type == "QAttention"
     inputs = list(node.inputs)
     mask_at, expected = (5, 8) if int8 else (3, 4)
     if any(v is not None for v in inputs[expected:]):
         return "past state or attention bias"
+    if node.outputs[0] in graph.outputs or any(v.uses() or v in graph.outputs for v in node.outputs[1:]):
+        return "its output is a graph output, or its present state is used"
     if len(inputs) <= mask_at or not _is_padding_mask(inputs[mask_at], mask):
         return "no 2-D key-padding mask"
     unknown = set(node.attributes) - _ATTENTION_ATTRIBUTES
@@ -161,7 +173,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
     packed = _packed_twin(inputs[0], packing, token_wise, graph, node) if inputs[0] is not None else None
     if packed is None:
         return "its input is not unpacked from real tokens"
-    name = node.name or "attention"
+    name = f"{node.name or 'attention'}_{index}"  # the index: two unnamed attentions stay apart
 
     def initializer(suffix: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(name=f"{name}_{suffix}", const_value=ir.tensor(np.ascontiguousarray(array), name=f"{name}_{suffix}"))
@@ -169,13 +181,13 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
         return value
 
     # the extra channels through the bias: Q's is 1, K's KEY_MARK / scale, on real tokens only
-    wide_bias = _widen_heads(bias, heads, 1.0, KEY_MARK / scale)
-    wide_weight = _widen_heads(weight, heads, 0, 0)
+    wide_bias = _widen_heads(bias, heads, 1.0, KEY_MARK / scale, 1.0)
+    wide_weight = _widen_heads(weight, heads, 0, 0, 0)
     wide = heads * (size + 1)
-    spans = {"q": (0, wide), "k": (wide, 2 * wide), "v": (2 * wide, 2 * wide + hidden)}
+    spans = {"q": (0, wide), "k": (wide, 2 * wide), "v": (2 * wide, 3 * wide)}
     if int8:
-        scale_columns = _widen_heads(np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,)), heads, 1.0, 1.0)
-        zero_columns = _widen_heads(np.broadcast_to(weight_zero.reshape(-1), (columns,)), heads, 0, 0)
+        scale_columns = _widen_heads(np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,)), heads, 1.0, 1.0, 1.0)
+        zero_columns = _widen_heads(np.broadcast_to(weight_zero.reshape(-1), (columns,)), heads, 0, 0, 0)
     batch, sequence = inputs[0].shape[0], inputs[0].shape[1]  # type: ignore[union-attr]  # unpacked: [batch, sequence, C]
     padded: list[ir.Value] = []
     for part, (start, stop) in spans.items():
@@ -201,13 +213,67 @@ def _rewrite(graph: ir.Graph, node: ir.Node, mask: ir.Value, packing: Any, token
         graph.insert_before(node, new_nodes)
         padded.append(packing.unpack(projected, stop - start, batch, sequence))
     attention = ir.node("MultiHeadAttention", padded, domain=_MS, name=f"{name}_mha", attributes={"num_heads": heads, "scale": float(scale)})
+    # V's extra channel (1 on real tokens) comes out as each head's softmax weight on real keys:
+    # dividing by it undoes whatever weight the padded keys got, whatever the logits' level. Done
+    # on the packed rows where the unpad pass packs the output (the usual case), else padded.
+    raw = attention.outputs[0]
+    raw.name, raw.dtype = f"{name}_mha", ir.DataType.FLOAT
     graph.insert_before(node, [attention])
     old = node.outputs[0]
-    out = attention.outputs[0]
-    out.dtype, out.shape = old.dtype, old.shape
-    old.replace_all_uses_with(out)
-    if old in graph.outputs:
-        graph.outputs[graph.outputs.index(old)] = out
-    graph.remove(node, safe=True)
-    out.name = old.name
+    wide_rows = initializer("rows_wide", np.array([-1, wide], np.int64))
+    for user, slot in list(old.uses()):
+        gather = _pack_of(user, hidden)
+        if gather is None or slot != 0:
+            continue
+        user.replace_input_with(0, raw)
+        user.replace_input_with(1, wide_rows)
+        rows = gather.outputs[0]
+        rows.shape = ir.Shape([ir.SymbolicDim("tokens"), wide])
+        readers = list(rows.uses())
+        steps, result = _renormalized(rows, heads, size, f"{name}_{user.name}", initializer, rows_layout=True)
+        graph.insert_after(gather, steps)
+        for reader, i in readers:
+            reader.replace_input_with(i, result)
+    if old.uses():
+        steps, result = _renormalized(raw, heads, size, name, initializer, rows_layout=False)
+        graph.insert_after(attention, steps)
+        result.shape = old.shape
+        old.replace_all_uses_with(result)
+        graph.remove(node, safe=True)
+        result.name = old.name
+    else:
+        graph.remove(node, safe=True)
     return None
+
+
+def _pack_of(user: ir.Node, hidden: int) -> ir.Node | None:
+    """The unpad pass's pack of the attention output: Reshape(out, [-1, hidden]) read by one
+    Gather along rows; the Gather, else None."""
+    if user.op_type != "Reshape" or user.domain not in ("", "ai.onnx"):
+        return None
+    shape = _const(user.inputs[1])
+    readers = list(user.outputs[0].uses())
+    if shape is None or shape.tolist() != [-1, hidden] or len(readers) != 1:
+        return None
+    gather, slot = readers[0]
+    if gather.op_type != "Gather" or slot != 0 or gather.attributes.get_int("axis", 0) != 0:
+        return None
+    return gather
+
+
+def _renormalized(value: ir.Value, heads: int, size: int, name: str, initializer: Callable, rows_layout: bool) -> tuple[list[ir.Node], ir.Value]:
+    """Each head's (d + 1) channels -> its d values divided by the last one: the nodes, the result."""
+    lead = [-1] if rows_layout else [0, 0]
+    by_head = ir.node("Reshape", [value, initializer(f"{name}_by_head", np.array([*lead, heads, size + 1], np.int64))], name=f"{name}_by_head")
+    parts = ir.node("Split", [by_head.outputs[0], initializer(f"{name}_value_and_weight", np.array([size, 1], np.int64))],
+                    attributes={"axis": len(lead) + 1}, num_outputs=2, name=f"{name}_value_and_weight")
+    divide = ir.node("Div", list(parts.outputs), name=f"{name}_renormalized")
+    merge = ir.node("Reshape", [divide.outputs[0], initializer(f"{name}_merged", np.array([*lead, heads * size], np.int64))], name=f"{name}_merged")
+    steps = [by_head, parts, divide, merge]
+    for step in steps:
+        for i, out in enumerate(step.outputs):
+            out.name = f"{step.name}_{i}"
+            out.dtype = ir.DataType.FLOAT
+    if rows_layout:
+        merge.outputs[0].shape = ir.Shape([ir.SymbolicDim("tokens"), heads * size])
+    return steps, merge.outputs[0]
