@@ -34,7 +34,7 @@ class ExportConfig:
     with_tokenizer: bool = False
     #: ort-* targets: attention's Q/K/V projection on real tokens only and its softmax on ONNX
     #: Runtime's mask-free flash kernel (passes/unpad_attention.py). Batches of real sentences
-    #: run 1.4-1.6x faster, one text at a time 5-12% slower: False for batch-1 serving.
+    #: run 1.4-1.6x faster, one text at a time 5-25% slower: False for batch-1 serving.
     packed_attention: bool = True
 
 
