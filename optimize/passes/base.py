@@ -6,6 +6,7 @@ import abc
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 Stats = dict[str, Any]
@@ -35,6 +36,13 @@ class OptimizePass(ir.passes.InPlacePass, abc.ABC):
 
     def __repr__(self) -> str:
         return self.name
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's array if it is an initializer or constant, else None."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
 
 
 def op_counts(model: ir.Model) -> Counter[str]:

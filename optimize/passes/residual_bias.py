@@ -26,13 +26,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from optimize.passes.base import OptimizePass
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
+from optimize.passes.base import OptimizePass, constant_array
 
 
 def _single_user(value: ir.Value) -> ir.Node | None:
@@ -63,12 +57,12 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
     """The bias a projection of ``source`` adds after its weight, or why there is none to adjust."""
     inputs = list(user.inputs)
     if user.domain == "com.microsoft" and user.op_type == "Attention":
-        weight = _constant(inputs[1]) if len(inputs) > 1 else None
+        weight = constant_array(inputs[1]) if len(inputs) > 1 else None
         if inputs[0] is not source or weight is None or len(inputs) < 3 or inputs[2] is None or inputs[2].const_value is None:
             return "Attention without constant weights and bias"
         return _BiasSlot(user, 2, weight)
     if user.op_type == "MatMul" and user.domain in ("", "ai.onnx"):
-        weight = _constant(inputs[1])
+        weight = constant_array(inputs[1])
         if inputs[0] is not source or weight is None or weight.ndim != 2:
             return "MatMul without a constant 2-D weight"
         follower = _single_user(user.outputs[0])
@@ -79,7 +73,7 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
                 return _BiasSlot(follower, 1, weight)
         elif follower.op_type == "Add" and follower.domain in ("", "ai.onnx"):
             for index, operand in enumerate(follower.inputs):
-                bias = _constant(operand)
+                bias = constant_array(operand)
                 if bias is not None and bias.shape == (weight.shape[1],):
                     return _BiasSlot(follower, index, weight)
         return f"MatMul followed by {follower.op_type} without a constant bias"
@@ -89,7 +83,7 @@ def _projection_slot(user: ir.Node, source: ir.Value) -> _BiasSlot | str:
 def _find_site(norm: ir.Node, graph_outputs: frozenset[ir.Value]) -> _Site | str:
     inputs = list(norm.inputs)
     out = norm.outputs[0]
-    beta = _constant(inputs[2]) if len(inputs) > 2 else None
+    beta = constant_array(inputs[2]) if len(inputs) > 2 else None
     if beta is None or inputs[1] is None or inputs[1].const_value is None:
         return "LayerNormalization without constant scale and bias"
     if out in graph_outputs:
@@ -105,7 +99,7 @@ def _find_site(norm: ir.Node, graph_outputs: frozenset[ir.Value]) -> _Site | str
             bias_add = other.producer() if other is not None else None
             if bias_add is not None and bias_add.op_type == "Add" and _single_user(other) is user:
                 operands = list(bias_add.inputs)
-                constants = [(i, c) for i, v in enumerate(operands) if (c := _constant(v)) is not None]
+                constants = [(i, c) for i, v in enumerate(operands) if (c := constant_array(v)) is not None]
                 if len(constants) == 1 and constants[0][1].shape == hidden:
                     index, bias = constants[0]
                     residuals.append((user, bias_add, operands[1 - index], bias))  # type: ignore[arg-type]
@@ -136,12 +130,12 @@ def _fold(graph: ir.Graph, site: _Site) -> None:
     shift = site.bias.astype(np.float64)
     beta = site.norm.inputs[2]
     assert beta is not None
-    new_beta = _constant(beta).astype(np.float64) + shift  # type: ignore[union-attr]
+    new_beta = constant_array(beta).astype(np.float64) + shift  # type: ignore[union-attr]
     site.norm.replace_input_with(2, _new_initializer(graph, beta, new_beta, "with_block_bias"))
     for slot in site.projections:
         old = slot.node.inputs[slot.index]
         assert old is not None
-        compensated = _constant(old).astype(np.float64) - shift @ slot.weight.astype(np.float64)  # type: ignore[union-attr]
+        compensated = constant_array(old).astype(np.float64) - shift @ slot.weight.astype(np.float64)  # type: ignore[union-attr]
         slot.node.replace_input_with(slot.index, _new_initializer(graph, old, compensated, "less_residual_bias"))
     operand = next(i for i, v in enumerate(site.residual.inputs) if v is site.bias_add.outputs[0])
     site.residual.replace_input_with(operand, site.pre_bias)

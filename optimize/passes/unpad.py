@@ -5,7 +5,7 @@ runs on them. This pass (the "effective transformer" of FasterTransformer and
 text-embeddings-inference) packs the hidden states to ``[tokens, channels]`` through the
 attention mask before the first token-wise node, keeps them packed through every node that
 treats each token on its own (MatMul with a constant weight, bias and residual Adds, norms,
-Gelu, static per-tensor QuantizeLinear, MatMulIntegerToFloat), and scatters them back to
+Gelu, static per-tensor QuantizeLinear, MatMulIntegerToFloat), and unpacks them back to
 ``[batch, sequence, channels]`` only where a node mixes tokens (attention) or the graph
 returns them.
 
@@ -102,7 +102,6 @@ class UnpadPass(OptimizePass):
             return False
         inside = set(map(id, region))
         builder = _Packing(graph, mask)
-        packed: dict[int, ir.Value] = {}  # id(padded value) -> its packed twin (activations entering the region)
         for node in region:
             for index, value in enumerate(node.inputs):
                 if value is None or is_constant(value):
@@ -110,9 +109,7 @@ class UnpadPass(OptimizePass):
                 producer = value.producer()
                 if producer is not None and id(producer) in inside:
                     continue  # already packed: produced inside the region
-                if id(value) not in packed:
-                    packed[id(value)] = builder.pack(value)
-                node.replace_input_with(index, packed[id(value)])
+                node.replace_input_with(index, builder.pack(value))
         unpacked = 0
         for node in region:
             for value in node.outputs:
@@ -139,7 +136,7 @@ class UnpadPass(OptimizePass):
         if attention.get("packed") or attention.get("left"):
             # the unpacks the rewritten attentions read before, and anything a refused one left
             onnx_ir.passes.common.RemoveUnusedNodesPass()(model)
-        self.stats = {"packed_nodes": len(region), "packed_inputs": len(packed), "unpacked_outputs": unpacked, "attention": attention if self.attention else "fused, padded (off)"}
+        self.stats = {"packed_nodes": len(region), "packed_inputs": len(builder.packed), "unpacked_outputs": unpacked, "attention": attention if self.attention else "fused, padded (off)"}
         return True
 
     @staticmethod
@@ -219,19 +216,19 @@ class _Packing:
     def __init__(self, graph: ir.Graph, mask: ir.Value) -> None:
         self.graph, self.mask = graph, mask
         self.nodes: list[ir.Node] = []  # the shared index computation, inserted by finish()
-        flat_shape = self._const("unpad_flat", np.array([-1], np.int64))
+        flat_shape = self.constant("unpad_flat", np.array([-1], np.int64))
         flat_mask = self._node("Reshape", [mask, flat_shape], "unpad_mask_flat")
         positions = self._node("NonZero", [flat_mask], "unpad_positions")  # [1, tokens]
         self.flat_mask = flat_mask
         self.index = self._node("Reshape", [positions, flat_shape], "unpad_index")  # [tokens]
         self.rows: ir.Value | None = None  # [batch * sequence]: each position's packed row, made on first use
-        self.tokens: ir.Value | None = None
+        self.packed: dict[int, ir.Value] = {}  # id(padded value) -> its packed twin, made once
         self.zero_rows: dict[tuple[int, ir.DataType], ir.Value] = {}
         self.padded_shapes: dict[int, ir.Value] = {}
         self.batch_sequence: ir.Value | None = None  # Shape(mask), made once for every channel count
         self.unpacked: dict[int, ir.Value] = {}  # id(padded value) -> the packed value it was made from
 
-    def _const(self, name: str, array: np.ndarray) -> ir.Value:
+    def constant(self, name: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
         if name not in self.graph.initializers:
             self.graph.register_initializer(value)
@@ -250,34 +247,31 @@ class _Packing:
             # Not(Equal(mask, 0)), not Cast(mask, bool): a Cast reading a Cast is what the fp16
             # graph checks count as a chain
             dtype = self.mask.dtype or ir.DataType.INT64
-            zero = self._const(f"unpad_mask_zero_{dtype.name}", np.zeros((), dtype.numpy()))
+            zero = self.constant(f"unpad_mask_zero_{dtype.name}", np.zeros((), dtype.numpy()))
             padding = self._node("Equal", [self.flat_mask, zero], "unpad_padding")
             real = self._node("Not", [padding], "unpad_real")
             ones = self._node("Cast", [real], "unpad_real_count", {"to": ir.DataType.INT64})
-            axis = self._const("unpad_axis_0", np.array(0, np.int64))
+            axis = self.constant("unpad_axis_0", np.array(0, np.int64))
             rank = self._node("CumSum", [ones, axis], "unpad_rank")
-            one = self._const("unpad_one", np.array(1, np.int64))
+            one = self.constant("unpad_one", np.array(1, np.int64))
             before = self._node("Sub", [rank, one], "unpad_rank_from_0")
-            self.rows = self._node("Where", [real, before, self._tokens()], "unpad_rows")
+            tokens = self._node("Shape", [self.index], "unpad_tokens")  # [1]: the zero row's index
+            self.rows = self._node("Where", [real, before, tokens], "unpad_rows")
         return self.rows
-
-    def _tokens(self) -> ir.Value:
-        """[1]: how many real tokens (the zero row's index)."""
-        if self.tokens is None:
-            self.tokens = self._node("Shape", [self.index], "unpad_tokens")
-        return self.tokens
 
     def _zero_row(self, channels: int, dtype: ir.DataType) -> ir.Value:
         key = (channels, dtype)
         if key not in self.zero_rows:
-            self.zero_rows[key] = self._const(f"unpad_zero_row_{channels}_{dtype.name}", np.zeros((1, channels), dtype.numpy()))
+            self.zero_rows[key] = self.constant(f"unpad_zero_row_{channels}_{dtype.name}", np.zeros((1, channels), dtype.numpy()))
         return self.zero_rows[key]
 
     def pack(self, value: ir.Value) -> ir.Value:
-        """``value`` [batch, sequence, C] -> [tokens, C], right after its producer."""
+        """``value`` [batch, sequence, C] -> [tokens, C], right after its producer; once per value."""
+        if id(value) in self.packed:
+            return self.packed[id(value)]
         channels = value.shape[2]  # type: ignore[index]
         rows = ir.Value(name=f"{value.name}_rows", type=ir.TensorType(value.dtype) if value.dtype else None)
-        width = self._const(f"unpad_rows_{channels}", np.array([-1, channels], np.int64))
+        width = self.constant(f"unpad_rows_{channels}", np.array([-1, channels], np.int64))
         reshape = ir.node("Reshape", [value, width], name=f"{value.name}_rows", outputs=[rows])
         gather = ir.node("Gather", [rows, self.index], attributes={"axis": 0}, name=f"{value.name}_pack")
         packed = gather.outputs[0]
@@ -289,6 +283,7 @@ class _Packing:
             self.nodes.extend([reshape, gather])
         else:
             self.graph.insert_after(producer, [reshape, gather])
+        self.packed[id(value)] = packed
         return packed
 
     def unpack(self, packed: ir.Value, channels: int, batch, sequence) -> ir.Value:  # noqa: ANN001
@@ -313,7 +308,7 @@ class _Packing:
             if self.batch_sequence is None:
                 self.batch_sequence = self._node("Shape", [self.mask], "unpad_batch_sequence")
             shape = self.batch_sequence
-            width = self._const(f"unpad_width_{channels}", np.array([channels], np.int64))
+            width = self.constant(f"unpad_width_{channels}", np.array([channels], np.int64))
             self.padded_shapes[channels] = self._node("Concat", [shape, width], f"unpad_padded_shape_{channels}", {"axis": 0})
         return self.padded_shapes[channels]
 

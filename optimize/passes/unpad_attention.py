@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from optimize.passes.base import constant_array
+
 #: how far above a padded key every real key's logit is lifted. Large enough that in the usual
 #: row a padded key's weight is nothing (exp(-40) = 4e-18; the division by the real keys' weight
 #: covers the rest), small enough that (1) a logit of about 40 keeps float32 resolution (4e-6)
@@ -55,12 +57,6 @@ KEY_MARK = 40.0
 
 _MS = "com.microsoft"
 _ATTENTION_ATTRIBUTES = {"num_heads", "qkv_hidden_sizes", "scale", "mask_filter_value", "unidirectional"}
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
 
 
 def _widen_heads(matrix: np.ndarray, heads: int, fill_q: float, fill_k: float, fill_v: float) -> np.ndarray:
@@ -151,7 +147,7 @@ def _rewrite(
     unknown = set(node.attributes) - _ATTENTION_ATTRIBUTES
     if unknown or node.attributes.get_int("unidirectional", 0):
         return f"attributes {sorted(unknown) or ['unidirectional']}"
-    weight, bias = _const(inputs[1]), _const(inputs[2])
+    weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
     if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3 or bias.shape != (weight.shape[1],):
         return "weights or bias not constant [H, 3H] and [3H]"
     if bias.dtype != np.float32 or (not int8 and weight.dtype != np.float32):
@@ -165,8 +161,8 @@ def _rewrite(
     scale = node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(size)
     if int8:
         columns = weight.shape[1]
-        weight_scale = _const(inputs[4])
-        weight_zero = _const(inputs[7]) if len(inputs) > 7 and inputs[7] is not None else np.zeros(1, weight.dtype)
+        weight_scale = constant_array(inputs[4])
+        weight_zero = constant_array(inputs[7]) if len(inputs) > 7 and inputs[7] is not None else np.zeros(1, weight.dtype)
         if weight_scale is None or weight_zero is None or weight_scale.size not in (1, columns) or weight_zero.size not in (1, columns):
             return "int8 weight scale or zero point not constant, per tensor or per column"
     # last, as it may add nodes: the input on the packed rows
@@ -176,9 +172,7 @@ def _rewrite(
     name = f"{node.name or 'attention'}_{index}"  # the index: two unnamed attentions stay apart
 
     def initializer(suffix: str, array: np.ndarray) -> ir.Value:
-        value = ir.Value(name=f"{name}_{suffix}", const_value=ir.tensor(np.ascontiguousarray(array), name=f"{name}_{suffix}"))
-        graph.register_initializer(value)
-        return value
+        return packing.constant(f"{name}_{suffix}", np.ascontiguousarray(array))
 
     # the extra channels through the bias: Q's is 1, K's KEY_MARK / scale, on real tokens only
     wide_bias = _widen_heads(bias, heads, 1.0, KEY_MARK / scale, 1.0)
@@ -220,17 +214,15 @@ def _rewrite(
     raw.name, raw.dtype = f"{name}_mha", ir.DataType.FLOAT
     graph.insert_before(node, [attention])
     old = node.outputs[0]
-    wide_rows = initializer("rows_wide", np.array([-1, wide], np.int64))
-    for user, slot in list(old.uses()):
-        gather = _pack_of(user, hidden)
-        if gather is None or slot != 0:
-            continue
-        user.replace_input_with(0, raw)
-        user.replace_input_with(1, wide_rows)
-        rows = gather.outputs[0]
-        rows.shape = ir.Shape([ir.SymbolicDim("tokens"), wide])
-        readers = list(rows.uses())
-        steps, result = _renormalized(rows, heads, size, f"{name}_{user.name}", initializer, rows_layout=True)
+    twin = packing.packed.pop(id(old), None)  # the unpad pass's pack of the output: Reshape, then Gather
+    if twin is not None:
+        gather = twin.producer()
+        reshape = gather.inputs[0].producer()
+        reshape.replace_input_with(0, raw)
+        reshape.replace_input_with(1, initializer("rows_wide", np.array([-1, wide], np.int64)))
+        twin.shape = ir.Shape([ir.SymbolicDim("tokens"), wide])
+        readers = list(twin.uses())
+        steps, result = _renormalized(twin, heads, size, f"{name}_rows", initializer, rows_layout=True)
         graph.insert_after(gather, steps)
         for reader, i in readers:
             reader.replace_input_with(i, result)
@@ -244,21 +236,6 @@ def _rewrite(
     else:
         graph.remove(node, safe=True)
     return None
-
-
-def _pack_of(user: ir.Node, hidden: int) -> ir.Node | None:
-    """The unpad pass's pack of the attention output: Reshape(out, [-1, hidden]) read by one
-    Gather along rows; the Gather, else None."""
-    if user.op_type != "Reshape" or user.domain not in ("", "ai.onnx"):
-        return None
-    shape = _const(user.inputs[1])
-    readers = list(user.outputs[0].uses())
-    if shape is None or shape.tolist() != [-1, hidden] or len(readers) != 1:
-        return None
-    gather, slot = readers[0]
-    if gather.op_type != "Gather" or slot != 0 or gather.attributes.get_int("axis", 0) != 0:
-        return None
-    return gather
 
 
 def _renormalized(value: ir.Value, heads: int, size: int, name: str, initializer: Callable, rows_layout: bool) -> tuple[list[ir.Node], ir.Value]:
