@@ -103,6 +103,8 @@ class UnpadPass(OptimizePass):
         inside = set(map(id, region))
         builder = _Packing(graph, mask)
         for node in region:
+            if node.attributes.get_int("axis", -1) == 2:  # the channel axis, which packed is the last
+                node.attributes["axis"] = ir.AttrInt64("axis", -1)
             for index, value in enumerate(node.inputs):
                 if value is None or is_constant(value):
                     continue
@@ -154,6 +156,15 @@ class UnpadPass(OptimizePass):
         if key == ("", "LayerNormalization"):
             axis = node.attributes.get_int("axis", -1)
             return axis in (-1, 2) and token_major(node.inputs[0]) and all(is_constant(v) for v in node.inputs[1:])
+        if key == ("", "Gather"):  # channels picked by constant indices (int8's fp32 outlier channels)
+            indices = node.inputs[1]
+            return (
+                node.attributes.get_int("axis", 0) in (-1, 2)
+                and token_major(node.inputs[0])
+                and is_constant(indices)
+                and indices is not None
+                and _rank(indices) == 1
+            )
         if key in _ELEMENTWISE:
             activations = [v for v in node.inputs if v is not None and not is_constant(v)]
             constants_ok = all(_rank(v) in (0, 1) for v in node.inputs if v is not None and is_constant(v))
@@ -173,14 +184,28 @@ def _fill_shapes(graph: ir.Graph, token_major) -> None:  # noqa: ANN001
             continue
         assert first is not None and first.shape is not None
         if key in (("", "MatMul"), ("com.microsoft", "MatMulIntegerToFloat")):
-            weight = node.inputs[1]
-            if weight is None or weight.shape is None or len(weight.shape) != 2 or not isinstance(weight.shape[1], int):
+            weight = _declared_shape(node.inputs[1])
+            if weight is None or len(weight) != 2 or not isinstance(weight[1], int):
                 continue
-            node.outputs[0].shape = ir.Shape([first.shape[0], first.shape[1], weight.shape[1]])
+            node.outputs[0].shape = ir.Shape([first.shape[0], first.shape[1], weight[1]])
+        elif key == ("", "Gather"):
+            picked = _declared_shape(node.inputs[1])
+            if picked is None or len(picked) != 1 or not isinstance(picked[0], int):
+                continue
+            node.outputs[0].shape = ir.Shape([first.shape[0], first.shape[1], picked[0]])
         elif key in _ELEMENTWISE or key == ("", "LayerNormalization") or key in _FIRST_INPUT_ONLY:
             node.outputs[0].shape = ir.Shape(list(first.shape))
         if node.outputs[0].dtype is None:
             node.outputs[0].dtype = _output_dtype(node, key, first)
+
+
+def _declared_shape(value: ir.Value | None) -> ir.Shape | None:
+    """A value's shape, or its initializer's: constants a pass just made carry no shape of their own."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return value.shape
+    return None if value.const_value is None else value.const_value.shape
 
 
 def _output_dtype(node: ir.Node, key: tuple[str, str], first: ir.Value) -> ir.DataType | None:

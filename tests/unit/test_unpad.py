@@ -134,3 +134,28 @@ def test_a_graph_without_a_mask_input_is_left_alone():
     unpad = UnpadPass()
     assert not unpad(m).modified
     assert unpad.stats["packed_nodes"] == 0
+
+
+def test_int8_outlier_channels_run_on_the_packed_rows():
+    """A layer whose outlier channels run in fp32 beside the int8 product (a Gather of those
+    channels, a MatMul, an Add) stays on the packed rows, as emitted: the emitter's new values
+    and constants carry no shape of their own, and once they kept the whole FFN padded."""
+    from test_emit import _decisions, _x, ffn
+
+    from optimize.quantization.emit import emit
+
+    m = ffn()
+    emit(m, _decisions(m, variant="split", outlier=True), "ort")
+    m.graph.inputs.append(ir.Value(name="attention_mask", shape=ir.Shape(["b", "s"]), type=ir.TensorType(ir.DataType.INT64)))
+    x = _x(outlier=True)
+    mask = np.ones(x.shape[:2], np.int64)
+    mask[1, 2:] = 0
+    (before,) = run(m, {"x": x, "attention_mask": mask})
+    unpad = UnpadPass()
+    unpad(m)
+    outlier_gather = next(n for n in m.graph if n.op_type == "Gather" and n.attributes.get_int("axis", 0) == -1)
+    assert len(outlier_gather.inputs[0].shape) == 2  # reads the packed rows
+    assert unpad.stats["unpacked_outputs"] == 1  # only the graph's output goes back to the padded layout
+    (after,) = run(m, {"x": x, "attention_mask": mask})
+    real = mask.astype(bool)
+    np.testing.assert_allclose(after[real], before[real], rtol=1e-5, atol=1e-5)
