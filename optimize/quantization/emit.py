@@ -47,6 +47,15 @@ class Decision:
             factor[self.outliers] = 0.0
         return factor
 
+    def graph_transform(self) -> np.ndarray | None:
+        """The Mul the graph needs before quantization: the smoothing factors only. Outlier
+        channels need no zeroing there: their weight rows are zero in the int8 product, so
+        whatever their quantized values (clamped) they add nothing; the Mul would cost a pass
+        over the activation for no change in any output."""
+        if self.smooth is None:
+            return None
+        return self.input_transform()
+
 
 @dataclass(frozen=True)
 class SiteDecision:
@@ -94,7 +103,7 @@ class _Emitter:
         ort_style = self.style == "ort"
         zero_point = params.zero_point + 128 if (ort_style and params.symmetric) else params.zero_point
         dtype = np.uint8 if (ort_style or not params.symmetric) else np.int8
-        transform = decision.input_transform() if isinstance(decision.target, LinearTarget) else None
+        transform = decision.graph_transform() if isinstance(decision.target, LinearTarget) else None
         key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"")
         if key in self.quantized_inputs:
             cached = self.quantized_inputs[key]

@@ -70,6 +70,7 @@ def test_ort_emission_matches_fp32(variant):
     assert "w1" not in m.graph.initializers and "w2" not in m.graph.initializers  # fp32 weights gone
     if variant == "split":
         assert ops["Gather"] == 1  # the outlier channel's fp32 side product
+        assert ops.get("Mul", 0) == 0  # its zeroed weight row leaves it out of the int8 product: no Mul
     else:
         assert ops.get("Add", 0) == 0  # both biases folded into MatMulIntegerToFloat
     (got,) = run(m, {"x": x})
