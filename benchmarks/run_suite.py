@@ -7,7 +7,8 @@
 2. `optimize bench` on them, side by side with PyTorch eager fp32 and ONNX Runtime's default
    export, at batch x sequence shapes and at real sentence lengths;
 3. a BERT-base-sized random-weight model (12 layers, hidden 768), for speed only;
-4. where ort-fp32's time goes (benchmarks/profile_ops.py: ORT's profiler per operator type);
+4. where ort-fp32's time goes (benchmarks/profile_ops.py: ORT's profiler per operator type), and
+   ort-fp32's and ort-int8's at real sentence lengths, batch 8 and 32;
 5. the GEMM roofline (benchmarks/gemm_roofline.py: single ONNX MatMuls against PyTorch, int8);
 6. the accuracy suite (benchmarks/accuracy.py: fine-tuned classifier on Rotten Tomatoes);
 7. RESULTS.md: every table and sentence from the measurements above and the bundles'
@@ -334,6 +335,7 @@ def write_results(
     gemm: dict | None,
     accuracy: dict | None,
     left_out: list[str],
+    real_profiles: dict[str, dict | None] | None = None,
 ) -> None:
     from optimize.bench import report
 
@@ -370,6 +372,13 @@ def write_results(
                   *frontier_rows(bundles, embedded), ""]
     if profile:
         lines += ["## Where ort-fp32's time goes", "", profile_ops.markdown(profile), ""]
+    measured_real = {key: data for key, data in (real_profiles or {}).items() if data}
+    if measured_real:
+        lines += ["## Where the time goes at real sentence lengths", "",
+                  "The batches `optimize bench --real-length` times (held-out sentences and paragraphs, each batch padded "
+                  "to its longest); a node's time is its mean over the runs.", ""]
+        for data in measured_real.values():
+            lines += [profile_ops.markdown(data), ""]
     if gemm:
         lines += ["## GEMM roofline", "", gemm_roofline.markdown(gemm), ""]
     if accuracy:
@@ -452,6 +461,14 @@ def main(argv: list[str] | None = None) -> None:
                                 bench([base_bundle] if base_bundle.is_dir() else [], out, flags, args.fresh), out)
 
     profile = gemm = None
+    real_profiles: dict[str, dict | None] = {}
+    for name in ("ort-fp32", "ort-int8"):
+        for batch in ("8",) if args.quick else ("8", "32"):
+            if name in bundles:
+                print(f"profiling {name} at real lengths, batch {batch} ...", flush=True)
+                real_profiles[f"{name}-b{batch}"] = script(
+                    "profile_ops", [str(bundles[name]), "--batch", batch, "--seq", "128", "--threads", threads, "--real-length",
+                                    "--runs", "50" if args.quick else "128"], measured / "profile-real" / f"{name}-b{batch}", args.fresh)
     if "ort-fp32" in bundles:
         print("profiling ort-fp32 ...", flush=True)
         profile = script("profile_ops", [str(bundles["ort-fp32"]), "--batch", "1", "--seq", "128", "--threads", threads,
@@ -473,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
             subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--json", str(accuracy_json), "--rounds", rounds[1]])
         if accuracy_json.is_file():
             accuracy = json.loads(accuracy_json.read_text())
-    write_results(args.results, command, bundles, benches, profile, gemm, accuracy, left_out)
+    write_results(args.results, command, bundles, benches, profile, gemm, accuracy, left_out, real_profiles)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def _shape(value: ir.Value) -> str:
 
 def graph_lines(model: ir.Model) -> list[str]:
     ops = op_counts(model)
+    inner = op_counts(model, in_subgraphs=True)  # the unpad pass's per-sequence attention
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(model.opset_imports.items()))
     dtypes = Counter(
         v.const_value.dtype.name.lower() for v in model.graph.initializers.values() if v.const_value is not None
@@ -30,6 +31,7 @@ def graph_lines(model: ir.Model) -> list[str]:
         "inputs: " + "; ".join(_shape(v) for v in model.graph.inputs),
         "outputs: " + "; ".join(_shape(v) for v in model.graph.outputs),
         f"nodes: {sum(ops.values())} ({', '.join(f'{k} {n}' for k, n in ops.most_common())})",
+        *([f"in branches and loops: {sum(inner.values())} ({', '.join(f'{k} {n}' for k, n in inner.most_common())})"] if inner else []),
         f"weights: {initializer_bytes(model) / 1e6:.1f} MB in {len(model.graph.initializers)} initializers "
         f"({', '.join(f'{k} {n}' for k, n in dtypes.most_common())})",
     ]

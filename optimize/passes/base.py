@@ -45,9 +45,21 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def op_counts(model: ir.Model) -> Counter[str]:
-    """Nodes of the main graph by ``domain::op`` (plain op name for the default domain)."""
-    return Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph)
+def op_counts(model: ir.Model, in_subgraphs: bool = False) -> Counter[str]:
+    """Nodes by ``domain::op`` (plain op name for the default domain): of the main graph, or with
+    ``in_subgraphs`` of the graphs inside its nodes (If branches, Loop bodies) and theirs."""
+    if in_subgraphs:
+        nodes = [
+            n
+            for top in model.graph
+            for attr in top.attributes.values()
+            if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for graph in (attr.value if attr.type == ir.AttributeType.GRAPHS else [attr.value])
+            for n in ir.traversal.RecursiveGraphIterator(graph)
+        ]
+    else:
+        nodes = list(model.graph)
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes)
 
 
 def initializer_bytes(model: ir.Model) -> int:

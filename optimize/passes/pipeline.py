@@ -45,9 +45,12 @@ class PassRecord:
 class PipelineReport:
     records: list[PassRecord]
     final_ops: dict[str, int]
+    #: nodes inside If branches and Loop bodies (the unpad pass's per-sequence attention)
+    final_ops_in_subgraphs: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"passes": [r.as_dict() for r in self.records], "final_ops": self.final_ops}
+        inner = {"final_ops_in_subgraphs": self.final_ops_in_subgraphs} if self.final_ops_in_subgraphs else {}
+        return {"passes": [r.as_dict() for r in self.records], "final_ops": self.final_ops, **inner}
 
 
 class Pipeline:
@@ -93,4 +96,6 @@ class Pipeline:
                     stats=dict(pass_.stats),
                 )
             )
-        return PipelineReport(records, dict(sorted(op_counts(model).items())))
+        return PipelineReport(
+            records, dict(sorted(op_counts(model).items())), dict(sorted(op_counts(model, in_subgraphs=True).items()))
+        )

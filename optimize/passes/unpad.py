@@ -5,7 +5,7 @@ runs on them. This pass (the "effective transformer" of FasterTransformer and
 text-embeddings-inference) packs the hidden states to ``[tokens, channels]`` through the
 attention mask before the first token-wise node, keeps them packed through every node that
 treats each token on its own (MatMul with a constant weight, bias and residual Adds, norms,
-Gelu, static per-tensor QuantizeLinear, MatMulIntegerToFloat), and unpacks them back to
+Gelu, static per-tensor QuantizeLinear, MatMulIntegerToFloat, a Gather of channels), and unpacks them back to
 ``[batch, sequence, channels]`` only where a node mixes tokens (attention) or the graph
 returns them.
 
@@ -19,8 +19,9 @@ zeros: at batch 8 and 32 of real sentences ONNX Runtime's ConstantOfShape + Scat
 3x as long, 2.6 ms against 0.86 ms for 1,864 tokens of 1,176 channels in 32 x 128.)
 
 Each fused attention that reads an unpacked tensor is rewritten too (unpad_attention.py): its
-Q/K/V projection moves onto the packed rows and its softmax onto ONNX Runtime's mask-free
-flash kernel, the padding mask carried in the projection itself.
+Q/K/V projection moves onto the packed rows, and its attention runs on them one sequence at a
+time (ONNX Runtime's mask-free flash kernel on each sequence's rows), so the packed rows go
+through every layer and are unpacked only for the graph's outputs.
 
 Outputs at real positions are those of the padded graph; at padded positions they are 0
 (what a masked mean pool or a CLS pool reads is unchanged; parity compares real tokens).
@@ -112,7 +113,6 @@ class UnpadPass(OptimizePass):
                 if producer is not None and id(producer) in inside:
                     continue  # already packed: produced inside the region
                 node.replace_input_with(index, builder.pack(value))
-        unpacked = 0
         for node in region:
             for value in node.outputs:
                 channels = value.shape[2]  # type: ignore[index]
@@ -130,7 +130,6 @@ class UnpadPass(OptimizePass):
                     value.name = f"{name}_packed"
                     padded.name = name
                     graph.outputs[position] = padded
-                unpacked += 1
         attention: dict[str, Any] = {}
         if self.attention:
             attention = unpad_attention.pack_attentions(graph, mask, builder, lambda n: self._token_wise(n, token_major))
@@ -138,6 +137,8 @@ class UnpadPass(OptimizePass):
         if attention.get("packed") or attention.get("left"):
             # the unpacks the rewritten attentions read before, and anything a refused one left
             onnx_ir.passes.common.RemoveUnusedNodesPass()(model)
+        # counted last: the attention rewrite drops the unpacks that fed the attentions
+        unpacked = sum(1 for gather in builder.unpacks if gather.graph is graph)
         self.stats = {"packed_nodes": len(region), "packed_inputs": len(builder.packed), "unpacked_outputs": unpacked, "attention": attention if self.attention else "fused, padded (off)"}
         return True
 
@@ -252,6 +253,8 @@ class _Packing:
         self.padded_shapes: dict[int, ir.Value] = {}
         self.batch_sequence: ir.Value | None = None  # Shape(mask), made once for every channel count
         self.unpacked: dict[int, ir.Value] = {}  # id(padded value) -> the packed value it was made from
+        self.sequence_bounds: tuple[ir.Value, ir.Value, ir.Value, ir.Value] | None = None
+        self.unpacks: list[ir.Node] = []  # each unpack's Gather
 
     def constant(self, name: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
@@ -283,6 +286,28 @@ class _Packing:
             tokens = self._node("Shape", [self.index], "unpad_tokens")  # [1]: the zero row's index
             self.rows = self._node("Where", [real, before, tokens], "unpad_rows")
         return self.rows
+
+    def sequences(self) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+        """(how many sequences: a scalar, where each one's rows start and end among the packed
+        rows: [batch] each, whether there is exactly one: a scalar bool), made once. The packed
+        rows hold the real tokens in row-major order, so each sequence's rows are contiguous."""
+        if self.sequence_bounds is None:
+            dtype = self.mask.dtype or ir.DataType.INT64
+            zero = self.constant(f"unpad_mask_zero_{dtype.name}", np.zeros((), dtype.numpy()))
+            padding = self._node("Equal", [self.mask, zero], "unpad_sequence_padding")
+            real = self._node("Not", [padding], "unpad_sequence_real")
+            ones = self._node("Cast", [real], "unpad_sequence_real_count", {"to": ir.DataType.INT64})
+            last_axis = self.constant("unpad_axes_1", np.array([1], np.int64))
+            lengths = self._node("ReduceSum", [ones, last_axis], "unpad_sequence_lengths", {"keepdims": 0})
+            axis = self.constant("unpad_axis_0", np.array(0, np.int64))
+            ends = self._node("CumSum", [lengths, axis], "unpad_sequence_ends")
+            starts = self._node("Sub", [ends, lengths], "unpad_sequence_starts")
+            shape = self._node("Shape", [lengths], "unpad_sequence_count_1d")
+            count = self._node("Squeeze", [shape], "unpad_sequence_count")
+            one = self.constant("unpad_one", np.array(1, np.int64))
+            single = self._node("Equal", [count, one], "unpad_single_sequence")
+            self.sequence_bounds = (count, starts, ends, single)
+        return self.sequence_bounds
 
     def _zero_row(self, channels: int, dtype: ir.DataType) -> ir.Value:
         key = (channels, dtype)
@@ -324,6 +349,7 @@ class _Packing:
         padded.dtype = dtype
         padded.shape = ir.Shape([batch, sequence, channels])
         self.graph.insert_after(packed.producer(), [extended, gather, reshape])  # type: ignore[arg-type]
+        self.unpacks.append(gather)
         self.unpacked[id(padded)] = packed
         return padded
 

@@ -1,39 +1,35 @@
-"""The unpad pass's attention: Q/K/V projection on real tokens only, softmax on the fast path.
+"""The unpad pass's attention: Q/K/V projection and attention on real tokens only.
 
 After the unpad pass, everything token-wise runs packed ``[tokens, C]``, but the fused
 ``Attention`` (``QAttention`` in int8) still takes the padded ``[batch, sequence, C]`` layout,
-so its Q/K/V projection, a third of a layer's GEMM work, runs on every padded position. And
-given a key-padding mask, ONNX Runtime's CPU ``MultiHeadAttention`` leaves its flash-attention
-kernel (MLAS) for a plain one; with no mask the flash kernel is about 3x faster at batch 32
-(measured: 4.6 ms against 14.5 ms for the softmax part of one layer, batch 32, sequence 128).
+so its Q/K/V projection, a third of a layer's GEMM work, runs on every padded position, and its
+softmax on every padded query and key. ONNX Runtime has no packed (variable-length) attention on
+the CPU (``PackedAttention`` and ``PackedMultiHeadAttention`` are CUDA only in ORT 1.32).
 
 The unpad pass therefore rewrites each such attention as
 
-    q = unpack(MatMul(packed, Wq') + bq')  on real tokens (MatMulIntegerToFloat in int8),
-    k, v likewise                          zeros at padded positions
-    out = MultiHeadAttention(q, k, v)      no mask: the flash kernel; then each head divided
-                                           by its weight on real keys (below)
+    q = MatMul(packed, Wq) + bq            on real tokens (MatMulIntegerToFloat in int8),
+    k, v likewise                          the packed rows, sequence after sequence
+    out = attention of each sequence on its own rows, packed
+
+where each sequence's attention is ONNX Runtime's ``MultiHeadAttention`` on the slice of the
+packed rows that holds it, without a mask: its flash-attention kernel (MLAS), which ORT takes
+only with no mask and no bias (about 3x the masked kernel at batch 32, sequence 128). A sequence
+attends over its real tokens only, which is what the key-padding mask asked for, exactly: no
+padded query or key is computed at all, so the work is the sum of each sequence's length
+squared, not the batch times the longest one's. The sequences are visited by a ``Loop``; a batch
+of one takes an ``If`` branch that runs the attention on all the rows at once (they are that
+sequence), without the Loop's per-iteration cost.
 
 (Three projections, not one of [H, 3H] and a Split: the Split copied every value once more.
-Side by side at batch 8 and 32 of real sentences the three were 3-8% faster, fp32 and int8.)
+Side by side at batch 8 and 32 of real sentences the three were 3-8% faster, fp32 and int8. The
+version before this one ran one padded ``MultiHeadAttention`` per layer and carried the mask in
+an extra Q/K/V channel per head; benchmarks/NOTES.md has both side by side.)
 
-The rewrite carries the key-padding mask in the projections themselves: Q, K and V get one extra
-channel per head. Q's is 1 and K's KEY_MARK / scale on every real token, so every real key's
-logit is lifted by KEY_MARK; a padded key's projection is all zeros (the unpack fills them), so
-its logit is 0. That alone is not enough: softmax ignores a shift of a whole row, so nothing holds
-the real logits' level near zero (a key bias adds q . b_k to every logit of a row), and a row
-whose real logits all sit near -40 would give the padded keys as much weight as the real ones.
-So V's extra channel is 1 on real tokens: the attention returns, per head, the softmax weight
-that fell on real keys, and the output is divided by it, on the packed rows. That is exact at
-any level (checked down to logits of -72; tests/unit/test_unpad_attention.py) as long as the
-real keys' weight does not underflow (real logits above about -120); KEY_MARK keeps the division
-near 1 in the usual case. Padded queries compute garbage, which the pack drops, as it dropped
-the fused op's.
-
-Only an attention whose input the unpad pass has just unpacked is rewritten, with the unpad
-pass's own unpack for the projection: there, and only there, padded positions are zeros.
-Any other attention (a past state, an attention bias, a mask that is not the key-padding mask,
-half precision, which ONNX Runtime's CPU MultiHeadAttention lacks) is left as it is.
+Only an attention whose input the unpad pass has just unpacked is rewritten (its projection's
+input is then the packed twin). Any other attention (a past state, an attention bias, a mask
+that is not the key-padding mask, half precision, which ONNX Runtime's CPU MultiHeadAttention
+lacks) is left as it is.
 """
 
 from __future__ import annotations
@@ -47,29 +43,8 @@ import onnx_ir as ir
 
 from optimize.passes.base import constant_array
 
-#: how far above a padded key every real key's logit is lifted. Large enough that in the usual
-#: row a padded key's weight is nothing (exp(-40) = 4e-18; the division by the real keys' weight
-#: covers the rest), small enough that (1) a logit of about 40 keeps float32 resolution (4e-6)
-#: and (2) exp() of a padded key's logit minus the row maximum stays above -87, where float32
-#: turns denormal: measured, a gap of 88 made the flash kernel 25x slower (130 ms against 5.5 ms)
-#: and 177 still 2.4x, with or without ORT's set_denormal_as_zero.
-KEY_MARK = 40.0
-
 _MS = "com.microsoft"
 _ATTENTION_ATTRIBUTES = {"num_heads", "qkv_hidden_sizes", "scale", "mask_filter_value", "unidirectional"}
-
-
-def _widen_heads(matrix: np.ndarray, heads: int, fill_q: float, fill_k: float, fill_v: float) -> np.ndarray:
-    """[..., 3 * H] (Q, K, V) -> [..., 3 * heads * (d + 1)]: one extra channel after each head."""
-    hidden = matrix.shape[-1] // 3
-    size = hidden // heads
-    lead = matrix.shape[:-1]
-    parts = []
-    for i, fill in enumerate((fill_q, fill_k, fill_v)):
-        block = matrix[..., i * hidden : (i + 1) * hidden].reshape(*lead, heads, size)
-        extra = np.broadcast_to(np.asarray(fill, matrix.dtype), (*lead, heads, 1))
-        parts.append(np.concatenate([block, extra], axis=-1).reshape(*lead, heads * (size + 1)))
-    return np.concatenate(parts, axis=-1)
 
 
 def pack_attentions(graph: ir.Graph, mask: ir.Value, packing: Any, token_wise: Callable[[ir.Node], bool]) -> dict[str, Any]:
@@ -174,83 +149,104 @@ def _rewrite(
     def initializer(suffix: str, array: np.ndarray) -> ir.Value:
         return packing.constant(f"{name}_{suffix}", np.ascontiguousarray(array))
 
-    # the extra channels through the bias: Q's is 1, K's KEY_MARK / scale, on real tokens only
-    wide_bias = _widen_heads(bias, heads, 1.0, KEY_MARK / scale, 1.0)
-    wide_weight = _widen_heads(weight, heads, 0, 0, 0)
-    wide = heads * (size + 1)
-    spans = {"q": (0, wide), "k": (wide, 2 * wide), "v": (2 * wide, 3 * wide)}
-    if int8:
-        scale_columns = _widen_heads(np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,)), heads, 1.0, 1.0, 1.0)
-        zero_columns = _widen_heads(np.broadcast_to(weight_zero.reshape(-1), (columns,)), heads, 0, 0, 0)
     batch, sequence = inputs[0].shape[0], inputs[0].shape[1]  # type: ignore[union-attr]  # unpacked: [batch, sequence, C]
-    padded: list[ir.Value] = []
-    for part, (start, stop) in spans.items():
+    rows: list[ir.Value] = []
+    if int8:
+        scales = np.broadcast_to(weight_scale.astype(np.float32).reshape(-1), (columns,))
+        zeros = np.broadcast_to(weight_zero.reshape(-1), (columns,))
+    for position, part in enumerate(("q", "k", "v")):
+        span = slice(position * hidden, (position + 1) * hidden)  # QAttention's [H, 3H]: Q, then K, then V
         if int8:
             projection = ir.node("MatMulIntegerToFloat", [
                 packed,  # the quantized activation, packed
-                initializer(f"{part}_weight_packed", wide_weight[:, start:stop]),
+                initializer(f"{part}_weight_packed", weight[:, span]),
                 inputs[3],  # the activation's scale and zero point, as QAttention had them
-                initializer(f"{part}_weight_scale_packed", scale_columns[start:stop]),
+                initializer(f"{part}_weight_scale_packed", scales[span]),
                 inputs[6] if len(inputs) > 6 else None,
-                initializer(f"{part}_weight_zero_point_packed", zero_columns[start:stop]),
-                initializer(f"{part}_bias_packed", wide_bias[start:stop]),
+                initializer(f"{part}_weight_zero_point_packed", zeros[span]),
+                initializer(f"{part}_bias_packed", bias[span]),
             ], domain=_MS, name=f"{name}_{part}_packed")
             new_nodes = [projection]
         else:
-            matmul = ir.node("MatMul", [packed, initializer(f"{part}_weight_packed", wide_weight[:, start:stop])], name=f"{name}_{part}_packed_matmul")
-            projection = ir.node("Add", [matmul.outputs[0], initializer(f"{part}_bias_packed", wide_bias[start:stop])], name=f"{name}_{part}_packed")
+            matmul = ir.node("MatMul", [packed, initializer(f"{part}_weight_packed", weight[:, span])], name=f"{name}_{part}_packed_matmul")
+            projection = ir.node("Add", [matmul.outputs[0], initializer(f"{part}_bias_packed", bias[span])], name=f"{name}_{part}_packed")
             new_nodes = [matmul, projection]
         projected = projection.outputs[0]
         projected.name = f"{name}_{part}_packed"
         projected.dtype = ir.DataType.FLOAT
-        projected.shape = ir.Shape([ir.SymbolicDim("tokens"), stop - start])
+        projected.shape = ir.Shape([ir.SymbolicDim("tokens"), hidden])
         graph.insert_before(node, new_nodes)
-        padded.append(packing.unpack(projected, stop - start, batch, sequence))
-    attention = ir.node("MultiHeadAttention", padded, domain=_MS, name=f"{name}_mha", attributes={"num_heads": heads, "scale": float(scale)})
-    # V's extra channel (1 on real tokens) comes out as each head's softmax weight on real keys:
-    # dividing by it undoes whatever weight the padded keys got, whatever the logits' level. Done
-    # on the packed rows where the unpad pass packs the output (the usual case), else padded.
-    raw = attention.outputs[0]
-    raw.name, raw.dtype = f"{name}_mha", ir.DataType.FLOAT
-    graph.insert_before(node, [attention])
+        rows.append(projected)
+    attended = _per_sequence(graph, node, packing, rows, heads, float(scale), name)
     old = node.outputs[0]
     twin = packing.packed.pop(id(old), None)  # the unpad pass's pack of the output: Reshape, then Gather
     if twin is not None:
+        twin.replace_all_uses_with(attended)
         gather = twin.producer()
-        reshape = gather.inputs[0].producer()
-        reshape.replace_input_with(0, raw)
-        reshape.replace_input_with(1, initializer("rows_wide", np.array([-1, wide], np.int64)))
-        twin.shape = ir.Shape([ir.SymbolicDim("tokens"), wide])
-        readers = list(twin.uses())
-        steps, result = _renormalized(twin, heads, size, f"{name}_rows", initializer, rows_layout=True)
-        graph.insert_after(gather, steps)
-        for reader, i in readers:
-            reader.replace_input_with(i, result)
-    if old.uses():
-        steps, result = _renormalized(raw, heads, size, name, initializer, rows_layout=False)
-        graph.insert_after(attention, steps)
-        result.shape = old.shape
-        old.replace_all_uses_with(result)
-        graph.remove(node, safe=True)
-        result.name = old.name
-    else:
-        graph.remove(node, safe=True)
+        graph.remove([gather, gather.inputs[0].producer()], safe=True)
+    if old.uses():  # a reader on the padded layout (the pack took the usual ones)
+        padded = packing.unpack(attended, hidden, batch, sequence)
+        padded.shape = old.shape
+        old.replace_all_uses_with(padded)
+    graph.remove(node, safe=True)
     return None
 
 
-def _renormalized(value: ir.Value, heads: int, size: int, name: str, initializer: Callable, rows_layout: bool) -> tuple[list[ir.Node], ir.Value]:
-    """Each head's (d + 1) channels -> its d values divided by the last one: the nodes, the result."""
-    lead = [-1] if rows_layout else [0, 0]
-    by_head = ir.node("Reshape", [value, initializer(f"{name}_by_head", np.array([*lead, heads, size + 1], np.int64))], name=f"{name}_by_head")
-    parts = ir.node("Split", [by_head.outputs[0], initializer(f"{name}_value_and_weight", np.array([size, 1], np.int64))],
-                    attributes={"axis": len(lead) + 1}, num_outputs=2, name=f"{name}_value_and_weight")
-    divide = ir.node("Div", list(parts.outputs), name=f"{name}_renormalized")
-    merge = ir.node("Reshape", [divide.outputs[0], initializer(f"{name}_merged", np.array([*lead, heads * size], np.int64))], name=f"{name}_merged")
-    steps = [by_head, parts, divide, merge]
-    for step in steps:
-        for i, out in enumerate(step.outputs):
-            out.name = f"{step.name}_{i}"
-            out.dtype = ir.DataType.FLOAT
-    if rows_layout:
-        merge.outputs[0].shape = ir.Shape([ir.SymbolicDim("tokens"), heads * size])
-    return steps, merge.outputs[0]
+def _per_sequence(graph: ir.Graph, before: ir.Node, packing: Any, rows: list[ir.Value], heads: int, scale: float, name: str) -> ir.Value:
+    """Attention of each sequence over its own rows of the packed Q, K and V ([tokens, H] each):
+    an If whose one-sequence branch attends over all the rows at once and whose other branch
+    loops over the sequences; the result is packed like its inputs."""
+    count, starts, ends, single = packing.sequences()
+    axis_0 = packing.constant("unpad_attention_axis_0", np.array([0], np.int64))
+    attributes = {"num_heads": heads, "scale": scale}
+
+    def attend(q: ir.Value, k: ir.Value, v: ir.Value, prefix: str) -> tuple[list[ir.Node], ir.Value]:
+        """[L, H] each -> MultiHeadAttention over one sequence -> [L, H]."""
+        batched = [ir.node("Unsqueeze", [x, axis_0], name=f"{prefix}_{part}_batch_of_one") for x, part in zip((q, k, v), "qkv")]
+        mha = ir.node("MultiHeadAttention", [b.outputs[0] for b in batched], domain=_MS, attributes=attributes, name=f"{prefix}_mha")
+        squeeze = ir.node("Squeeze", [mha.outputs[0], axis_0], name=f"{prefix}_rows")
+        return [*batched, mha, squeeze], squeeze.outputs[0]
+
+    # one sequence: its rows are all the rows
+    one_nodes, one_out = attend(*rows, prefix=f"{name}_one")
+    one = ir.Graph([], [one_out], nodes=one_nodes, name=f"{name}_one_sequence")
+
+    # several: a Loop over them, each slicing its rows out, collected in a tensor sequence
+    step = ir.Value(name=f"{name}_sequence_index", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    go_on = ir.Value(name=f"{name}_loop_condition", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+    collected = ir.Value(name=f"{name}_collected", type=ir.SequenceType(ir.TensorType(ir.DataType.FLOAT)))
+    at = ir.node("Unsqueeze", [step, axis_0], name=f"{name}_at")
+    start = ir.node("Gather", [starts, at.outputs[0]], name=f"{name}_start")
+    end = ir.node("Gather", [ends, at.outputs[0]], name=f"{name}_end")
+    slices = [
+        ir.node("Slice", [x, start.outputs[0], end.outputs[0], axis_0], name=f"{name}_{part}_of_sequence")
+        for x, part in zip(rows, "qkv")
+    ]
+    each_nodes, each_out = attend(*(s.outputs[0] for s in slices), prefix=f"{name}_each")
+    keep_going = ir.node("Identity", [go_on], name=f"{name}_keep_going")
+    insert = ir.node("SequenceInsert", [collected, each_out], name=f"{name}_collect")
+    body = ir.Graph(
+        [step, go_on, collected], [keep_going.outputs[0], insert.outputs[0]],
+        nodes=[at, start, end, *slices, *each_nodes, keep_going, insert], name=f"{name}_each_sequence",
+    )
+    empty = ir.node("SequenceEmpty", [], attributes={"dtype": ir.DataType.FLOAT}, name=f"{name}_none_yet")
+    loop = ir.node("Loop", [count, None, empty.outputs[0]], attributes={"body": body}, name=f"{name}_over_sequences")
+    concat = ir.node("ConcatFromSequence", [loop.outputs[0]], attributes={"axis": 0}, name=f"{name}_joined")
+    several = ir.Graph([], [concat.outputs[0]], nodes=[empty, loop, concat], name=f"{name}_several_sequences")
+
+    branch = ir.node("If", [single], attributes={"then_branch": one, "else_branch": several}, name=f"{name}_attention")
+    result = branch.outputs[0]
+    result.name = f"{name}_attended"
+    result.dtype = ir.DataType.FLOAT
+    result.shape = ir.Shape([ir.SymbolicDim("tokens"), rows[0].shape[1] if rows[0].shape is not None else None])
+    for node in (*one_nodes, at, start, end, *slices, *each_nodes, keep_going, insert, empty, loop, concat):
+        node.outputs[0].name = node.name  # unique across the graph and its branches, as ONNX Runtime wants
+    # the types ONNX's checker wants of a subgraph's outputs (it infers no further into a Loop)
+    tensor_sequence = ir.SequenceType(ir.TensorType(ir.DataType.FLOAT))
+    for value in (insert.outputs[0], empty.outputs[0], loop.outputs[0]):
+        value.type = tensor_sequence
+    keep_going.outputs[0].type, keep_going.outputs[0].shape = ir.TensorType(ir.DataType.BOOL), ir.Shape([])
+    for value in (one_out, each_out, concat.outputs[0]):
+        value.dtype = ir.DataType.FLOAT
+    graph.insert_before(before, [branch])
+    return result

@@ -45,8 +45,10 @@ def test_feature_extraction_bundle(kind, tiny_model_dir, quick_job, tmp_path):
 def test_bert_fusions_reach_the_graph(tiny_model_dir, quick_job, tmp_path):
     outcome = export_model(quick_job(str(tiny_model_dir("bert")), tmp_path / "out"))
     ops = outcome.manifest["passes"]["final_ops"]
-    # fused, then the unpad pass moves Q/K/V onto the real tokens: MultiHeadAttention, no mask
-    assert ops["com.microsoft::MultiHeadAttention"] == 2 and "com.microsoft::Attention" not in ops, ops
+    # fused, then the unpad pass moves Q/K/V and the attention onto the real tokens: per layer an
+    # If whose branches hold a mask-free MultiHeadAttention (one sequence, or a Loop over them)
+    inner = outcome.manifest["passes"]["final_ops_in_subgraphs"]
+    assert ops["If"] == 2 and inner["com.microsoft::MultiHeadAttention"] == 4 and "com.microsoft::Attention" not in ops, (ops, inner)
     assert ops["com.microsoft::BiasGelu"] == 2
     fusion = next(p for p in outcome.manifest["passes"]["passes"] if p["name"] == "ort-fusion")
     assert fusion["stats"]["missing"] == {}

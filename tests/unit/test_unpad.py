@@ -45,13 +45,15 @@ def test_outputs_at_real_positions_are_unchanged(kind, tiny_model_dir):
     unpad = UnpadPass()
     unpad(m)
 
-    # every MatMul of the layers reads packed [tokens, C] rows, Q/K/V included; the softmax
-    # alone runs padded, in a mask-free MultiHeadAttention
+    # every MatMul of the layers reads packed [tokens, C] rows, Q/K/V included; the attention
+    # too, one sequence at a time (an If: one sequence, or a Loop over them), mask-free
     packed_matmuls = [n for n in m.graph if n.op_type == "MatMul" and len(n.inputs[0].shape or ()) == 2]
     assert len(packed_matmuls) == 12, op_counts(m)  # 2 layers x (Q, K, V, attention output, FFN in, FFN out)
-    ops = op_counts(m)
-    assert ops["com.microsoft::MultiHeadAttention"] == 2 and not ops["com.microsoft::Attention"], ops
-    assert not [n for n in m.graph if n.op_type == "MultiHeadAttention" and len(n.inputs) > 3], "no mask: the flash kernel"
+    ops, inner = op_counts(m), op_counts(m, in_subgraphs=True)
+    assert ops["If"] == 2 and not ops["com.microsoft::Attention"] and not ops["com.microsoft::MultiHeadAttention"], ops
+    assert inner["com.microsoft::MultiHeadAttention"] == 4 and inner["Loop"] == 2, inner  # per layer: one sequence, each of several
+    unpacks = [n.name for n in m.graph if n.name.endswith("_unpack")]
+    assert len(unpacks) == 1, unpacks  # the graph output's alone: nothing goes back to the padded layout for the attention
     assert unpad.stats["attention"] == {"packed": 2}
     assert unpad.stats["packed_nodes"] > 0
     (after,) = run(m, feeds)

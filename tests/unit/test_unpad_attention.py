@@ -1,7 +1,8 @@
 """Attention moved onto the packed rows (optimize/passes/unpad_attention.py): exact at real tokens
-for fp32 and int8 attentions, any head count, unnamed nodes, and rows whose logits all sit far
-below zero (where lifting the real keys alone let the padded keys in); refused where its output
-leaves the graph."""
+for fp32 and int8 attentions, any head count, unnamed nodes, rows whose logits all sit far below
+zero (where the masked kernels' large negative fill, or a lift of the real keys, lets padded keys
+in), a batch of one (the If's other branch) and a sequence with no real token; refused where its
+output leaves the graph."""
 
 from __future__ import annotations
 
@@ -90,6 +91,22 @@ def test_packed_attention_is_exact_at_real_tokens(case):
     (after,) = _run(model, feeds)
     real = MASK.astype(bool)
     np.testing.assert_allclose(after[real], before[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [MASK[:1], np.ones((1, 10), np.int64), np.array([[1] * 4 + [0] * 6, [0] * 10, [1] * 10], np.int64)],
+    ids=["one padded sequence", "one sequence, no padding", "a sequence with no real token"],
+)
+def test_a_batch_of_one_and_an_empty_sequence(mask):
+    model = _layers(names=("att0", "att1"), int8=True)
+    feeds = {"x": np.random.default_rng(2).normal(size=(*mask.shape, C)).astype(np.float32), "attention_mask": mask}
+    (before,) = _run(model, feeds)
+    UnpadPass()(model)
+    (after,) = _run(model, feeds)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(after[real], before[real], rtol=1e-4, atol=1e-4)
+    assert np.all(after[~real] == 0.0)
 
 
 def test_an_attention_whose_output_leaves_the_graph_is_left_fused():
