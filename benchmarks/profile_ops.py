@@ -31,16 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def profile(
     bundle_path: Path, batch: int, seq_len: int, threads: int, runs: int, warmup: int, real_length: bool = False
 ) -> dict[str, Any]:
-    import onnxruntime as ort
     from transformers import AutoTokenizer
 
     from optimize.bench.engines import bundle_session
     from optimize.bench.hardware import fingerprint
     from optimize.bench.workload import fixed_shape
     from optimize.bench.workload import real_length as real_length_batches
-    from optimize.config import BenchConfig
     from optimize.bundle import read_bundle
-    from optimize.runtimes.ort import session_options
+    from optimize.config import BenchConfig
+    from optimize.runtimes.ort import build_session, session_options
 
     bundle = read_bundle(bundle_path)
     config = bundle_session(bundle, threads)
@@ -48,9 +47,7 @@ def profile(
         options = session_options(config)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
-        session = ort.InferenceSession(
-            str(bundle.model_path), options, providers=list(config.providers), disabled_optimizers=list(config.disabled_optimizers)
-        )
+        session = build_session(bundle.model_path, config, options)  # as optimize.load builds it
         names = tuple(i.name for i in session.get_inputs())
         tokenizer = AutoTokenizer.from_pretrained(bundle.path)
         if real_length:

@@ -32,9 +32,10 @@ class ExportConfig:
     strategies: tuple[str, ...] = ("dynamo", "torchscript")
     #: put the tokenizer in front of the model (input: a string tensor ``text`` [batch]); ort-* targets
     with_tokenizer: bool = False
-    #: ort-* targets: attention's Q/K/V projection on real tokens only and its softmax on ONNX
-    #: Runtime's mask-free flash kernel (passes/unpad_attention.py). Batches of real sentences
-    #: run 1.4-1.6x faster, one text at a time 5-25% slower: False for batch-1 serving.
+    #: ort-* targets: attention's Q/K/V projection and the attention itself on real tokens only,
+    #: one sequence at a time on ONNX Runtime's mask-free flash kernel (passes/unpad_attention.py).
+    #: False keeps ORT's fused Attention on the padded layout (about as fast one text at a time,
+    #: much slower in batches of real sentences).
     packed_attention: bool = True
 
 
@@ -49,6 +50,9 @@ class SessionConfig:
     disabled_optimizers: tuple[str, ...] = ()
     #: custom-op libraries the graph needs: "onnxruntime-extensions" for a raw-text graph (--with-tokenizer)
     custom_ops: tuple[str, ...] = ()
+    #: on an x86 CPU without VNNI or AMX, hand int8 weights to ORT as uint8 + 128, whose kernel is
+    #: exact where the uint8 x int8 one saturates (runtimes/int8_exact.py); False: as stored
+    exact_int8: bool = True
 
 
 @dataclass(frozen=True)

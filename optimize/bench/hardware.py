@@ -48,6 +48,12 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them; empty where there is none."""
+    return frozenset(_cpuinfo()[1])
+
+
 def _gpus() -> list[dict[str, str]]:
     if not shutil.which("nvidia-smi"):
         return []

@@ -70,14 +70,9 @@ class Evaluator:
         self.evaluations = 0
 
     def _outputs(self, model_bytes: bytes, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
-        import onnxruntime as ort
+        from optimize.runtimes.ort import build_session
 
-        from optimize.runtimes.ort import session_options
-
-        sess = ort.InferenceSession(
-            model_bytes, session_options(self.session), providers=list(self.session.providers),
-            disabled_optimizers=list(self.session.disabled_optimizers),
-        )
+        sess = build_session(model_bytes, self.session)
         names = [i.name for i in sess.get_inputs()]
         outputs = [o.name for o in sess.get_outputs()]  # every output: a task may judge several (QA's start and end)
         return [dict(zip(outputs, sess.run(None, {n: b[n] for n in names}))) for b in batches]

@@ -13,6 +13,12 @@ import onnxruntime as ort
 from optimize.config import SessionConfig
 from optimize.errors import BuildError
 from optimize.runtimes.base import Feeds, Runner
+from optimize.runtimes.int8_exact import (
+    has_int8_products,
+    has_int8_qdq_weights,
+    int8_products_saturate,
+    widen_int8_weights,
+)
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -70,8 +76,34 @@ def _model_bytes(model: ir.Model) -> bytes | None:
     return proto.SerializeToString()
 
 
-def build_session(model: ir.Model | Path, cfg: SessionConfig, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An InferenceSession over an in-memory graph or a file; load failures become BuildError."""
+def exact_int8_payload(model: ir.Model | Path | bytes, cfg: SessionConfig, options: ort.SessionOptions) -> bytes | None:
+    """Where this CPU's uint8 x int8 kernel saturates (int8_exact.py): the model with its int8
+    weights widened to uint8, and ``options`` set to run Q/DQ nodes as written; None where the
+    model needs no other bytes."""
+    if not cfg.exact_int8 or not int8_products_saturate():
+        return None
+    import onnx
+
+    if isinstance(model, Path):
+        proto = onnx.load(os.fspath(model), load_external_data=False)  # the graph first: most have no int8
+        if not has_int8_products(proto.graph.node):
+            return None
+        onnx.load_external_data_for_model(proto, os.fspath(model.parent))
+    elif isinstance(model, bytes):
+        proto = onnx.load_from_string(model)
+    else:
+        if not has_int8_products(model.graph):
+            return None
+        proto = ir.serde.serialize_model(model)
+    if has_int8_qdq_weights(proto):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if not widen_int8_weights(proto):
+        return None
+    return proto.SerializeToString()
+
+
+def build_session(model: ir.Model | Path | bytes, cfg: SessionConfig, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An InferenceSession over an in-memory graph, its bytes or a file; load failures become BuildError."""
     options = options or session_options(cfg)
     providers = [p for p in cfg.providers if p in ort.get_available_providers()]
     if not providers:
@@ -79,22 +111,21 @@ def build_session(model: ir.Model | Path, cfg: SessionConfig, options: ort.Sessi
             f"none of the execution providers {', '.join(cfg.providers)} is available in this onnxruntime",
             f"available: {', '.join(ort.get_available_providers())}",
         )
+    disabled = list(cfg.disabled_optimizers)
     try:
+        widened = exact_int8_payload(model, cfg, options)
+        if widened is not None:
+            return ort.InferenceSession(widened, options, providers=providers, disabled_optimizers=disabled)
         if isinstance(model, Path):
-            return ort.InferenceSession(
-                os.fspath(model), options, providers=providers, disabled_optimizers=list(cfg.disabled_optimizers)
-            )
-        payload = _model_bytes(model)
+            return ort.InferenceSession(os.fspath(model), options, providers=providers, disabled_optimizers=disabled)
+        payload = model if isinstance(model, bytes) else _model_bytes(model)
         if payload is not None:
-            return ort.InferenceSession(
-                payload, options, providers=providers, disabled_optimizers=list(cfg.disabled_optimizers)
-            )
+            return ort.InferenceSession(payload, options, providers=providers, disabled_optimizers=disabled)
+        assert isinstance(model, ir.Model)
         with tempfile.TemporaryDirectory(prefix="optimize-session-") as folder:
             path = Path(folder) / "model.onnx"
             ir.save(model, path, external_data="model.onnx.data")
-            return ort.InferenceSession(
-                os.fspath(path), options, providers=providers, disabled_optimizers=list(cfg.disabled_optimizers)
-            )
+            return ort.InferenceSession(os.fspath(path), options, providers=providers, disabled_optimizers=disabled)
     except BuildError:
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors

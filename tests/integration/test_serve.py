@@ -254,7 +254,7 @@ class CliServer:
         for path in paths:
             while True:
                 assert self.process.poll() is None, self.output()
-                assert time.monotonic() < deadline, f"{path} did not answer within {timeout} s"
+                assert time.monotonic() < deadline, f"{path} did not answer within {timeout} s; it printed: {self.output()[-3000:]}"
                 try:
                     if call(self.port, "GET", path, timeout=5)[0] == 200:
                         break
@@ -263,7 +263,7 @@ class CliServer:
                 time.sleep(0.5)
         while not any("press Ctrl-C" in line for line in list(self.stdout)):
             assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, f"`optimize serve` did not say it was ready within {timeout} s"
+            assert time.monotonic() < deadline, f"`optimize serve` did not say it was ready within {timeout} s; it printed: {self.output()[-3000:]}"
             time.sleep(0.2)
 
     def interrupt(self, timeout: float = 120) -> tuple[int, str, str]:
