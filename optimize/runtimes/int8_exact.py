@@ -69,7 +69,9 @@ def widen_int8_weights(model: onnx.ModelProto) -> int:
     kernel. Returns how many weights changed. Only graph-level constant weights are touched."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
-    changed: dict[str, str] = {}  # int8 weight name -> its uint8 twin (a weight may be shared)
+    twins: dict[str, str] = {}  # int8 weight name -> its uint8 twin (a weight may be shared)
+    zero_points: dict[tuple[str, tuple[int, ...]], str] = {}  # (twin, shape) -> its zero point of 128
+    replaced: set[str] = set()  # int8 weights and zero points that may now be unused
     for node in graph.node:
         zero_point_index = _WEIGHT_ZERO_POINT_INPUT.get((node.domain, node.op_type))
         if zero_point_index is None or len(node.input) < 2:
@@ -80,21 +82,26 @@ def widen_int8_weights(model: onnx.ModelProto) -> int:
         zero_point = initializers.get(node.input[zero_point_index]) if len(node.input) > zero_point_index else None
         if zero_point is not None and np.any(numpy_helper.to_array(zero_point) != 0):
             continue  # an asymmetric int8 weight: not written by this package, left as it is
-        if weight.name not in changed:
-            values = numpy_helper.to_array(weight).astype(np.int16) + 128
-            twin = numpy_helper.from_array(values.astype(np.uint8), f"{weight.name}_as_uint8")
+        values = numpy_helper.to_array(weight)
+        if weight.name not in twins:
+            twin = numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), f"{weight.name}_as_uint8")
             graph.initializer.append(twin)
-            changed[weight.name] = twin.name
-        columns = numpy_helper.to_array(weight).shape[-1]
-        shape = numpy_helper.to_array(zero_point).shape if zero_point is not None else (columns,)
-        new_zero_point = numpy_helper.from_array(np.full(shape, 128, np.uint8), f"{node.name or weight.name}_w_zero_point_uint8")
-        graph.initializer.append(new_zero_point)
-        node.input[1] = changed[weight.name]
+            twins[weight.name] = twin.name
+        twin_name = twins[weight.name]
+        shape = tuple(numpy_helper.to_array(zero_point).shape) if zero_point is not None else (values.shape[-1],)
+        if (twin_name, shape) not in zero_points:
+            name = f"{twin_name}_zero_point" + ("" if not zero_points else f"_{len(zero_points)}")
+            graph.initializer.append(numpy_helper.from_array(np.full(shape, 128, np.uint8), name))
+            zero_points[(twin_name, shape)] = name
+        replaced.add(weight.name)
+        if zero_point is not None:
+            replaced.add(zero_point.name)
+        node.input[1] = twin_name
         while len(node.input) <= zero_point_index:
             node.input.append("")
-        node.input[zero_point_index] = new_zero_point.name
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used or init.name not in changed]
+        node.input[zero_point_index] = zero_points[(twin_name, shape)]
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    kept = [init for init in graph.initializer if init.name in used or init.name not in replaced]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return len(changed)
+    return len(twins)

@@ -61,8 +61,9 @@ def test_widened_weights_give_the_exact_product_anywhere_and_a_shared_weight_is_
     assert widen_int8_weights(model) == 1
     kinds = {init.name: init.data_type for init in model.graph.initializer}
     assert "w" not in kinds and kinds["w_as_uint8"] == TensorProto.UINT8, kinds
-    zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_w_zero_point_uint8")]
-    assert len(zero_points) == 2 and all(z.dtype == np.uint8 and z.shape == (N,) and (z == 128).all() for z in zero_points)
+    assert "w_zp" not in kinds, "the int8 zero point is no longer read and should be gone"
+    zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name]
+    assert len(zero_points) == 1 and zero_points[0].dtype == np.uint8 and zero_points[0].shape == (N,) and (zero_points[0] == 128).all()
     exact = (activations.astype(np.int64) @ weights.astype(np.int64)).astype(np.float32)
     for output in _run(model.SerializeToString(), activations):
         np.testing.assert_array_equal(output, exact)
@@ -119,3 +120,36 @@ def test_a_qdq_graph_through_the_packages_session_is_exact_on_this_cpu():
     exact = (activations.astype(np.int64) @ weights.astype(np.int64)).astype(np.float32)
     session = build_session(model.SerializeToString(), SessionConfig(threads=1))
     np.testing.assert_allclose(session.run(None, {"x": activations})[0], exact, rtol=1e-6)
+
+
+def test_a_qattention_weight_is_widened_with_the_same_result():
+    """ort-int8's --fused-attention form: QAttention takes the uint8 weight and a per-column zero
+    point of 128 and computes what it computed with the int8 weight (weights within +-64, where the
+    int8 kernel cannot saturate, so both are exact)."""
+    rng = np.random.default_rng(1)
+    hidden, heads, batch, seq = 32, 4, 2, 5
+    weights = rng.integers(-64, 65, size=(hidden, 3 * hidden)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node(
+            "QAttention", ["x", "w", "bias", "x_scale", "w_scale", "", "x_zp", "w_zp"], ["y"],
+            domain="com.microsoft", num_heads=heads, name="attention",
+        )],
+        "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch, seq, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, hidden])],
+        [
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(rng.normal(size=3 * hidden).astype(np.float32), "bias"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+            numpy_helper.from_array(np.full(3 * hidden, 0.01, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
+            numpy_helper.from_array(np.zeros(3 * hidden, np.int8), "w_zp"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    x = rng.integers(0, 256, size=(batch, seq, hidden)).astype(np.uint8)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert widen_int8_weights(model) == 1
+    attention = model.graph.node[0]
+    assert attention.input[1] == "w_as_uint8" and attention.input[7].startswith("w_as_uint8_zero_point")
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
