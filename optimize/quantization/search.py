@@ -69,10 +69,10 @@ class Evaluator:
         self.quick = _leading_batches(batches, SENSITIVITY_TEXTS)
         self.evaluations = 0
 
-    def _outputs(self, model_bytes: bytes, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
+    def _outputs(self, model: ir.Model | bytes, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
         from optimize.runtimes.ort import build_session
 
-        sess = build_session(model_bytes, self.session)
+        sess = build_session(model, self.session)
         names = [i.name for i in sess.get_inputs()]
         outputs = [o.name for o in sess.get_outputs()]  # every output: a task may judge several (QA's start and end)
         return [dict(zip(outputs, sess.run(None, {n: b[n] for n in names}))) for b in batches]
@@ -81,7 +81,7 @@ class Evaluator:
         """Scores on every held-back text, or (``quick``) on the first SENSITIVITY_TEXTS."""
         self.evaluations += 1
         batches = self.batches[: len(self.quick)] if quick else self.batches
-        candidate = self._outputs(ir.to_proto(model).SerializeToString(), batches)
+        candidate = self._outputs(model, batches)
         masks = [b.get("attention_mask") for b in batches]
         return Score(*similarity_scores(self.reference[: len(batches)], candidate, masks, self.task))
 

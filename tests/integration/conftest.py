@@ -79,3 +79,30 @@ def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
         result = Result(**json.loads(record.read_text()))
     assert result.code == 0, result.stderr
     return out, result
+
+
+@pytest.fixture(scope="session")
+def embedded_int8_sentence_export(tmp_path_factory: pytest.TempPathFactory):
+    """`optimize export bert --task sentence-embedding --target ort-int8 --no-speed` (issue 19's
+    bundle), run once for the int8 acceptance and the sentence-transformers comparison: an int8
+    export of the embedded BERT costs 1.5-2.5 minutes on 2 cores, so the suite makes one, whichever
+    pytest-xdist worker asks first. Tests must not write into the bundle."""
+    import dataclasses
+    import os
+
+    from cli_helpers import Result, optimize
+    from side_envs import locked
+
+    session_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_root = session_root.parent
+    folder = session_root / "embedded-int8-sentence"
+    out, record = folder / "q", folder / "result.json"
+    with locked(session_root / "embedded-int8-sentence.lock"):
+        if not record.exists():
+            folder.mkdir(exist_ok=True)
+            done = optimize("export", "bert", "--task", "sentence-embedding", "--target", "ort-int8", "--no-speed", "--output", str(out))
+            record.write_text(json.dumps(dataclasses.asdict(done)))
+        result = Result(**json.loads(record.read_text()))
+    assert result.code == 0, result.stderr
+    return out, result

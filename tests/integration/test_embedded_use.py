@@ -36,14 +36,12 @@ def fp32_bundle(embedded_fp32_export):
     return embedded_fp32_export[0]
 
 
-def test_int8_sentence_bundle_encodes_as_sentence_transformers_does(tmp_path):
+def test_int8_sentence_bundle_encodes_as_sentence_transformers_does(embedded_int8_sentence_export):
     from sentence_transformers import SentenceTransformer
 
     from optimize.exporter.resolve import embedded_model_path
 
-    out = tmp_path / "q"
-    done = run_optimize("export", "bert", "--task", "sentence-embedding", "--target", "ort-int8", "--output", str(out), *QUICK)
-    assert done.code == 0, done.stderr
+    out, _ = embedded_int8_sentence_export
     shown = subprocess.run(
         [sys.executable, "-c", f"import optimize; m = optimize.load({str(out)!r}); print(m.encode(['a', 'b c']).shape)"],
         capture_output=True, text=True, timeout=300,
