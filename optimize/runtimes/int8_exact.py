@@ -5,18 +5,19 @@ a VNNI dot product (AVX-512 VNNI, AVX-VNNI) or AMX, it accumulates in 32 bits an
 Without one (AVX2 alone, AVX-512 before VNNI) its uint8 x int8 kernel adds each pair of products
 in 16 bits (``vpmaddubsw``), which saturates: 255 x 127 x 2 > 32767. On an AMD EPYC with AVX2
 only, a 384 x 384 MatMulIntegerToFloat of full-range operands was off by up to 23% of its
-largest output, and the embedded BERT's int8 bundle read cosine 0.9973 and neighbour agreement
-0.943 on unseen text where the same arithmetic done exactly reads 0.9983 and 0.975.
+largest output, and the embedded BERT's ort-int8 export failed its gate (neighbour agreement 0.943
+on unseen text; done exactly, 0.972 there and 0.975 on a VNNI CPU).
 
 Its uint8 x uint8 kernel widens to 16 bits before multiplying and is exact. So on such a CPU
 the sessions this package builds are handed the int8 weights as uint8 with a zero point of 128
-(the same integers shifted: w + 128 - 128 = w), at about 5-10% of an int8 GEMM's time. The
-bundle keeps int8 weights, the fastest form where VNNI or AMX runs them.
+(the same integers shifted: w + 128 - 128 = w). That cost the embedded BERT's int8 bundle 8%
+of its time one text at a time and 16-19% in batches of 8 and 32 there. The bundle keeps int8
+weights, the fastest form where VNNI or AMX runs them.
 
 A Q/DQ graph (trt-int8, checked in ONNX Runtime before TensorRT sees it) has the same problem one
 step later: ORT fuses DequantizeLinear -> MatMul into its uint8 x int8 kernel (int8 activations
-shifted to uint8), and the embedded BERT's trt-int8 export failed its gate on such a CPU. There
-the session runs the Q/DQ nodes as written instead (``session.disable_quant_qdq``): the int8
+shifted to uint8), so its parity check judged a product TensorRT never computes. There the
+session runs the Q/DQ nodes as written instead (``session.disable_quant_qdq``): the int8
 values dequantized and multiplied in fp32, which is what TensorRT's int8 kernels compute.
 """
 
