@@ -53,12 +53,10 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-@pytest.fixture(scope="session")
-def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
-    """The README's main job, `optimize export bert --target ort-fp32 --output DIR`, run once for
-    every test that reads its bundle or its output (about 35 s a run on 2 cores), whichever
-    pytest-xdist worker asks first: the others wait for it and read the same bundle. Tests must
-    not write into the bundle."""
+def _export_once(tmp_path_factory: pytest.TempPathFactory, name: str, bundle: str, *args: str):
+    """`optimize export bert ARGS --output NAME/BUNDLE`, run once per pytest session whichever
+    pytest-xdist worker asks first: the others wait on a lock and read the same bundle and the
+    same recorded result. Returns (bundle folder, Result)."""
     import dataclasses
     import os
 
@@ -69,12 +67,12 @@ def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
     session_root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         session_root = session_root.parent
-    folder = session_root / "embedded-fp32"
-    out, record = folder / "bert-fp32", folder / "result.json"
-    with locked(session_root / "embedded-fp32.lock"):
+    folder = session_root / name
+    out, record = folder / bundle, folder / "result.json"
+    with locked(session_root / f"{name}.lock"):
         if not record.exists():
             folder.mkdir(exist_ok=True)
-            done = optimize("export", "bert", "--target", "ort-fp32", "--output", str(out))
+            done = optimize("export", "bert", *args, "--output", str(out))
             record.write_text(json.dumps(dataclasses.asdict(done)))
         result = Result(**json.loads(record.read_text()))
     assert result.code == 0, result.stderr
@@ -82,27 +80,17 @@ def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory):
+    """The README's main job, `optimize export bert --target ort-fp32 --output DIR`, run once for
+    every test that reads its bundle or its output (about 35 s a run on 2 cores). Tests must not
+    write into the bundle."""
+    return _export_once(tmp_path_factory, "embedded-fp32", "bert-fp32", "--target", "ort-fp32")
+
+
+@pytest.fixture(scope="session")
 def embedded_int8_sentence_export(tmp_path_factory: pytest.TempPathFactory):
     """`optimize export bert --task sentence-embedding --target ort-int8 --no-speed` (issue 19's
     bundle), run once for the int8 acceptance and the sentence-transformers comparison: an int8
-    export of the embedded BERT costs 1.5-2.5 minutes on 2 cores, so the suite makes one, whichever
-    pytest-xdist worker asks first. Tests must not write into the bundle."""
-    import dataclasses
-    import os
-
-    from cli_helpers import Result, optimize
-    from side_envs import locked
-
-    session_root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        session_root = session_root.parent
-    folder = session_root / "embedded-int8-sentence"
-    out, record = folder / "q", folder / "result.json"
-    with locked(session_root / "embedded-int8-sentence.lock"):
-        if not record.exists():
-            folder.mkdir(exist_ok=True)
-            done = optimize("export", "bert", "--task", "sentence-embedding", "--target", "ort-int8", "--no-speed", "--output", str(out))
-            record.write_text(json.dumps(dataclasses.asdict(done)))
-        result = Result(**json.loads(record.read_text()))
-    assert result.code == 0, result.stderr
-    return out, result
+    export of the embedded BERT costs 1.5-2.5 minutes on 2 cores. Tests must not write into the
+    bundle."""
+    return _export_once(tmp_path_factory, "embedded-int8-sentence", "q", "--task", "sentence-embedding", "--target", "ort-int8", "--no-speed")
