@@ -2,7 +2,9 @@
 
 The range computation is separate from the statistics (as in ORT's calibrate.py) and
 returns a typed result. Activations are uint8 asymmetric (what ONNX Runtime's CPU kernels
-want) or int8 symmetric with zero point 0 (what TensorRT wants).
+want) or int8 symmetric with zero point 0 (what TensorRT wants); a linear layer's input under
+the symmetric scheme is first centred (``centred_params``), so that it keeps the asymmetric
+scheme's resolution.
 """
 
 from __future__ import annotations
@@ -98,6 +100,22 @@ def quant_params(low: float, high: float, symmetric: bool) -> QuantParams:
     scale = span / 255.0
     zero_point = int(np.clip(round(-low / scale), 0, 255))
     return QuantParams(scale, zero_point, False)
+
+
+def centred_params(low: float, high: float) -> tuple[QuantParams, float]:
+    """Symmetric int8 (zero point 0) for ``x + shift`` instead of ``x``, and that shift.
+
+    Symmetric int8 spends half its codes on values a one-sided range never takes: a GELU's
+    output, in [-0.17, 10], is quantized with a step of 10/127 where uint8 would take 10/255.
+    Moving [low, high] to be centred on 0 gives the symmetric grid the asymmetric one's step,
+    and a linear layer takes the shift back exactly in its bias, (x + c) W + (b - c 1W) = x W + b
+    (after Outlier Suppression+, Wei et al. 2023, per tensor here). TensorRT still sees zero
+    point 0; the shift is one constant Add before the QuantizeLinear, fused with the op
+    before it.
+    """
+    shift = -(low + high) / 2.0
+    bound = max((high - low) / 2.0, 1e-8)
+    return QuantParams(bound / 127.0, 0, True), float(shift)
 
 
 def weight_scales(weight: np.ndarray, axis: int = 1) -> np.ndarray:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from optimize.calibration.ranges import QuantParams, quant_params, value_range
+from optimize.calibration.ranges import QuantParams, centred_params, quant_params, value_range
 from optimize.calibration.source import CalibrationSource
 from optimize.calibration.stats import StatsReport, collect
 from optimize.config import QuantConfig, SessionConfig
@@ -164,17 +164,27 @@ class Int8Pass(OptimizePass):
             low, high = value_range(report.tensors[name], self.quant.method)
             return quant_params(low, high, self.quant.symmetric_activations)
 
+        # symmetric Q/DQ (TensorRT): a linear layer's input is centred first, its bias takes the
+        # shift back (ranges.centred_params); the fusion sites have no bias to take it
+        centre = self.quant.symmetric_activations and self.style == "qdq"
+
+        def linear(t: LinearTarget, observed_as: str, **transform: np.ndarray | None) -> Decision:
+            if not centre:
+                return Decision(t, params(observed_as), **transform)  # type: ignore[arg-type]
+            centred, shift = centred_params(*value_range(report.tensors[observed_as], self.quant.method))
+            return Decision(t, centred, shift=shift, **transform)  # type: ignore[arg-type]
+
         for t in targets:
             if t.node in learned:  # trained for this form: taken as it is
                 fixed = learned[t.node]
-                decisions[t.node] = {"int8": Decision(t, fixed.params, smooth=fixed.smooth, outliers=fixed.outliers)}
+                decisions[t.node] = {"int8": Decision(t, fixed.params, smooth=fixed.smooth, outliers=fixed.outliers, shift=fixed.shift)}
                 continue
             smooth, outliers = shapes[t.node]
-            options = {"int8": Decision(t, params(t.activation))}
+            options = {"int8": linear(t, t.activation)}
             if (t.node, "int8+smooth") in observed:
-                options["int8+smooth"] = Decision(t, params(observed[(t.node, "int8+smooth")]), smooth=smooth)
+                options["int8+smooth"] = linear(t, observed[(t.node, "int8+smooth")], smooth=smooth)
             if (t.node, "int8+split") in observed:
-                options["int8+split"] = Decision(t, params(observed[(t.node, "int8+split")]), outliers=outliers)
+                options["int8+split"] = linear(t, observed[(t.node, "int8+split")], outliers=outliers)
             decisions[t.node] = options
         for site in sites:
             decisions[site.node] = {"int8": SiteDecision(site, tuple(params(a) for a in site.activations))}
@@ -184,7 +194,7 @@ class Int8Pass(OptimizePass):
         budget = held_back_budget(self.quant)
         unsupported = _unsupported(model, targets, self.style, self.quant.keep_fp32)
         plan = search(base, [*targets, *sites], decisions, evaluator, budget, self.style, unsupported)
-        self.plan = {keys[d.target.node]: LayerScheme(d.params, d.smooth, d.outliers) for d in plan.decisions if isinstance(d, Decision)}
+        self.plan = {keys[d.target.node]: LayerScheme(d.params, d.smooth, d.outliers, d.shift) for d in plan.decisions if isinstance(d, Decision)}
         emit(model, plan.decisions, self.style)
 
         stats_texts, held_texts = self.source.counts()
@@ -192,7 +202,7 @@ class Int8Pass(OptimizePass):
         self.stats = {
             "style": self.style,
             "method": self.quant.method,
-            "activations": "int8 symmetric" if self.quant.symmetric_activations else "uint8 asymmetric",
+            "activations": ("int8 symmetric" + (", linear inputs centred" if centre else "")) if self.quant.symmetric_activations else "uint8 asymmetric",
             "weights": "int8 symmetric per output channel",
             "smooth_alpha": self.quant.smooth_alpha,
             "qat_layers": len(learned),

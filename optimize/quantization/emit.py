@@ -14,6 +14,9 @@ Two outlier techniques, both exact in real arithmetic:
   and their contribution ``x[..., O] @ W[O, :]`` is computed in fp32 beside the int8 product
   (a Gather of |O| channels and a [tokens, |O|] x [|O|, N] MatMul), so one channel of 25
   no longer sets the quantization step of 1,535 channels of 1.5.
+
+Under symmetric int8 (``qdq`` for TensorRT) a linear layer's input may also be centred: a
+constant Add before the QuantizeLinear, taken back in the layer's bias (ranges.centred_params).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Decision:
     params: QuantParams
     smooth: np.ndarray | None = None  # per input channel; None: no migration
     outliers: np.ndarray | None = None  # input channel indices computed in fp32; None: none
+    shift: float = 0.0  # added to the (transformed) input before quantization, taken back in the bias
 
     def input_transform(self) -> np.ndarray | None:
         """What the activation is multiplied by before quantization (None: nothing)."""
@@ -103,8 +107,10 @@ class _Emitter:
         ort_style = self.style == "ort"
         zero_point = params.zero_point + 128 if (ort_style and params.symmetric) else params.zero_point
         dtype = np.uint8 if (ort_style or not params.symmetric) else np.int8
-        transform = decision.graph_transform() if isinstance(decision.target, LinearTarget) else None
-        key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"")
+        linear = isinstance(decision, Decision) and isinstance(decision.target, LinearTarget)
+        transform = decision.graph_transform() if linear else None
+        shift = decision.shift if linear else 0.0
+        key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"", shift)
         if key in self.quantized_inputs:
             cached = self.quantized_inputs[key]
             return cached, *self._scale_zp_of(cached)
@@ -112,6 +118,9 @@ class _Emitter:
         if transform is not None:
             factor = self.const(f"{prefix}_x_transform", transform)
             x = self.add("Mul", [x, factor], node, name=f"{prefix}_x_transform").outputs[0]
+        if shift:
+            offset = self.const(f"{prefix}_x_shift", np.array(shift, np.float32))
+            x = self.add("Add", [x, offset], node, name=f"{prefix}_x_shift").outputs[0]
         scale = self.const(f"{prefix}_x_scale", np.array(params.scale, np.float32))
         zp = self.const(f"{prefix}_x_zero_point", np.array(zero_point, dtype))
         quantized = self.add("QuantizeLinear", [x, scale, zp], node, name=f"{prefix}_x_quantize").outputs[0]
@@ -185,6 +194,8 @@ class _Emitter:
             self._emit_qdq(decision, node)
 
     def _emit_ort(self, decision: Decision, node: ir.Node) -> None:
+        if decision.shift:  # uint8 with a zero point covers a one-sided range by itself
+            raise ValueError(f"{node.name}: a centring shift belongs to symmetric Q/DQ, not to ONNX Runtime's uint8 form")
         x_q, x_scale, x_zp = self.quantized_activation(decision, node)
         w_q, w_scale, w_zp = self.weight(decision, node)
         prefix = node.name
@@ -228,6 +239,8 @@ class _Emitter:
         outliers = self.outlier_product(decision, node) if decision.outliers is not None else None
         node.replace_input_with(0, x_dq)
         node.replace_input_with(1, w_dq)
+        if decision.shift:
+            self.take_back_shift(decision, node, w_q, w_scale)
         if outliers is not None:
             result = node.outputs[0]
             total = ir.node("Add", [result, outliers], name=self.unique(f"{prefix}_with_outliers"))
@@ -238,6 +251,29 @@ class _Emitter:
             result.name = f"{name}_int8"
             adopt(total.outputs[0], result)
             total.outputs[0].name = name
+
+
+    def take_back_shift(self, decision: Decision, node: ir.Node, w_q: ir.Value, w_scale: ir.Value) -> None:
+        """The product now reads x + c: subtract c times the column sums of the int8 weight it
+        multiplies (dequantized, so the correction is exact for the weight used), from the
+        layer's bias where it has one, else by an Add of its own."""
+        weight = w_q.const_value.numpy().astype(np.float32) * w_scale.const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
+        correction = (-decision.shift * weight.sum(axis=0)).astype(np.float32)
+        bias_add = self._foldable_bias(node, decision.target.out_features)
+        if bias_add is not None:
+            index = next(i for i, v in enumerate(bias_add.inputs) if v is not None and v.const_value is not None)
+            bias = bias_add.inputs[index].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
+            bias_add.replace_input_with(index, self.const(f"{node.name}_bias_shifted", bias + correction))
+            return
+        result = node.outputs[0]
+        total = ir.node("Add", [result, self.const(f"{node.name}_shift_correction", correction)], name=self.unique(f"{node.name}_shift_correction"))
+        self.graph.insert_after(node, total)
+        result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
+        total.replace_input_with(0, result)
+        name = result.name
+        result.name = f"{name}_shifted"
+        adopt(total.outputs[0], result)
+        total.outputs[0].name = name
 
 
 def emit(model: ir.Model, decisions: list[Decision | SiteDecision], style: str) -> None:

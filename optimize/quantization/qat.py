@@ -75,6 +75,7 @@ class LayerScheme:
     params: QuantParams
     smooth: np.ndarray | None = None  # per input channel: input divided, weight rows multiplied
     outliers: np.ndarray | None = None  # input channels computed in fp32 beside the int8 product
+    shift: float = 0.0  # added to the input before quantization, taken back in the bias (ranges.centred_params)
 
 
 @dataclass
@@ -90,10 +91,10 @@ def _torch():
     return torch
 
 
-def _range_of(params: QuantParams) -> tuple[float, float]:
-    """The real interval a per-tensor quantization covers."""
+def _range_of(params: QuantParams, shift: float = 0.0) -> tuple[float, float]:
+    """The real interval a per-tensor quantization covers (of the input before its shift)."""
     low, high = (-128, 127) if params.symmetric else (0, 255)
-    return (low - params.zero_point) * params.scale, (high - params.zero_point) * params.scale
+    return (low - params.zero_point) * params.scale - shift, (high - params.zero_point) * params.scale - shift
 
 
 def _modules():
@@ -104,9 +105,12 @@ def _modules():
     class ActivationQuant(nn.Module):
         """Per-tensor fake quantization with a learned scale (log space) and zero point."""
 
-        def __init__(self, params: QuantParams) -> None:
+        def __init__(self, params: QuantParams, shift: float = 0.0) -> None:
             super().__init__()
             self.symmetric = params.symmetric
+            # the centring shift (emit.py's Add before the QuantizeLinear, taken back in the bias)
+            # stays as calibrated: the learned scale fits the grid around it
+            self.register_buffer("shift", torch.tensor([float(shift)], dtype=torch.float32))
             self.qmin, self.qmax = (-128, 127) if params.symmetric else (0, 255)
             self.log_scale = nn.Parameter(torch.tensor([math.log(params.scale)], dtype=torch.float32))
             self.zero_point = nn.Parameter(torch.tensor([float(params.zero_point)]), requires_grad=not params.symmetric)
@@ -114,7 +118,8 @@ def _modules():
         def forward(self, x):  # noqa: ANN001, ANN201
             scale = self.log_scale.exp()
             grad_factor = 1.0 / math.sqrt(max(x.numel(), 1) * self.qmax)
-            return torch._fake_quantize_learnable_per_tensor_affine(x, scale, self.zero_point, self.qmin, self.qmax, grad_factor)
+            quantized = torch._fake_quantize_learnable_per_tensor_affine(x + self.shift, scale, self.zero_point, self.qmin, self.qmax, grad_factor)
+            return quantized - self.shift
 
         def params(self) -> QuantParams:
             zero_point = 0 if self.symmetric else int(np.clip(round(float(self.zero_point.detach())), self.qmin, self.qmax))
@@ -214,7 +219,7 @@ class FakeQuantized:
         torch = _torch()
         ActivationQuant, FakeQuantLinear, FakeQuantEmbedding = _modules()
         for group, planned in zip(self.groups, self.planned):
-            quantizer = ActivationQuant(planned.params)
+            quantizer = ActivationQuant(planned.params, planned.shift)
             self.quantizers.append(quantizer)
             for parent, name, linear in group:
                 setattr(parent, name, FakeQuantLinear(linear, quantizer, planned))
@@ -258,8 +263,8 @@ class FakeQuantized:
             {
                 "inputs_of": [name for _, name, _ in group],
                 "form": "int8+smooth" if planned.smooth is not None else "int8+split" if planned.outliers is not None else "int8",
-                "start": [round(v, 5) for v in _range_of(planned.params)],
-                "learned": [round(v, 5) for v in _range_of(quantizer.params())],
+                "start": [round(v, 5) for v in _range_of(planned.params, planned.shift)],
+                "learned": [round(v, 5) for v in _range_of(quantizer.params(), planned.shift)],
             }
             for group, planned, quantizer in zip(self.groups, self.planned, self.quantizers)
         ]
@@ -293,7 +298,7 @@ def train(
     schemes = quantized.schemes()  # after the block: keyed by the trained weights of the plain modules
     report = {
         **recovery,
-        "activations": "int8 symmetric" if scheme.symmetric_activations else "uint8 asymmetric",
+        "activations": ("int8 symmetric" + (", linear inputs centred" if any(p.shift for p in quantized.planned) else "")) if scheme.symmetric_activations else "uint8 asymmetric",
         "linear_layers": len(schemes),
         "input_quantizers": len(quantized.quantizers),
         "int8_embeddings": [name for _, name, _ in quantized.embeddings],

@@ -117,6 +117,17 @@ def test_trt_int8_qdq_is_symmetric_per_channel_and_where_tensorrt_fuses(trt_bund
     residual = [n for n in model.graph if n.op_type == "Add" and any(fed_by_activation_dq(v) for v in n.inputs)]
     assert bmm and residual
     assert len(bmm) + len(residual) == stats["int8_sites"]
+    # each int8 linear layer's input is centred by a constant Add before its QuantizeLinear (the
+    # layer's bias takes the shift back); the sites' inputs are not
+    assert stats["activations"] == "int8 symmetric, linear inputs centred"
+    weight_readers = {use.name for n in weight_dq for use, _ in n.outputs[0].uses()}
+    centred = [
+        n for n in model.graph
+        if n.op_type == "MatMul" and n.name in weight_readers
+        and (q := n.inputs[0].producer().inputs[0].producer()) is not None
+        and (add := q.inputs[0].producer()) is not None and add.op_type == "Add" and add.inputs[1].const_value is not None
+    ]
+    assert len(centred) == len(weight_readers) > 0
 
 
 def test_readiness_names_each_problem():

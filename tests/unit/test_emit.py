@@ -106,3 +106,72 @@ def test_qdq_symmetric_emission_is_int8_with_zero_point_zero():
             assert zero_point.dtype == np.int8 and not zero_point.any()
     (got,) = run(m, {"x": x})
     assert _relative_error(got, want) < 0.06
+
+
+def _run_as_written(m: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Q/DQ computed as written (not fused into ORT's int8 kernels, which saturate on CPUs
+    without VNNI): what TensorRT computes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(ir.to_proto(m).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _emulated(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray | None, float, float]]) -> np.ndarray:
+    """The int8 arithmetic by hand: per layer (weight, bias, scale, shift), input x + shift on the
+    symmetric grid, weight per column, bias less shift x the int8 weight's column sums; ReLU between."""
+    from optimize.calibration.ranges import quantize_weight
+
+    for i, (weight, bias, scale, shift) in enumerate(layers):
+        if i:
+            x = np.maximum(x, 0)
+        q, scales = quantize_weight(weight, axis=1)
+        w = q.astype(np.float32) * scales
+        xq = np.clip(np.round((x + shift) / scale), -128, 127) * scale
+        x = xq @ w + (0 if bias is None else bias) - shift * w.sum(axis=0)
+    return x
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_qdq_centring_is_taken_back_in_the_bias_and_beats_a_one_sided_range(with_bias):
+    from optimize.calibration.ranges import centred_params
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["y0" if with_bias else "y"]),
+    ] + ([helper.make_node("Add", ["y0", "b2"], ["y"])] if with_bias else [])
+    inits = [tensor("w1", W1), tensor("b1", B1), tensor("w2", W2)] + ([tensor("b2", B2)] if with_bias else [])
+
+    def build() -> ir.Model:
+        return model(nodes, [value("x", shape=["b", "s", 64])], [value("y", shape=["b", "s", 64])], inits)
+
+    x = _x()
+    (want,) = run(build(), {"x": x})
+    hidden = np.maximum(x @ W1 + B1, 0)  # one-sided: half of a symmetric grid's codes unused
+    errors, layers = {}, []
+    for centred in (False, True):
+        m = build()
+        decisions = []
+        for target, activation in zip(find_targets(m), [x, hidden]):
+            low, high = float(activation.min()), float(activation.max())
+            # the first layer's input is symmetric already: centred alike in both, so the
+            # difference is the one-sided layer's
+            first = activation is x
+            params, shift = centred_params(low, high) if centred or first else (quant_params(low, high, True), 0.0)
+            decisions.append(Decision(target, params, shift=shift))
+            if centred:
+                layers.append((W1 if first else W2, B1 if first else (B2 if with_bias else None), params.scale, shift))
+        emit(m, decisions, "qdq")
+        got = _run_as_written(m, {"x": x})
+        errors[centred] = _relative_error(got, want)
+        if centred:
+            # the shifts' two Adds, b1's, and b2's (the shift folded into it) or, with no bias,
+            # the correction's own
+            assert op_counts(m)["Add"] == 4
+            np.testing.assert_allclose(got, _emulated(x, layers), rtol=0, atol=2e-4)
+    # the ReLU output's step halves; the weights' own rounding, alike in both, is the rest
+    assert errors[True] < 0.9 * errors[False]
