@@ -380,7 +380,8 @@ def export_model(job: ExportJob, reporter: Reporter | None = None) -> ExportOutc
             hint = "choose a higher-precision target or relax the budget where the target allows it"
         if unseen is not None and not unseen.ok and parity.ok and job.calibration.path is None:
             hint += "; or calibrate on text like yours with --calibration FILE"
-        raise ParityError(f"{target.name} artifact is out of tolerance: {'; '.join(failures)} (no bundle written)", hint)
+        after = next((f" after {plan}" for r in report.records if (plan := int8_plan(r.stats))), "")
+        raise ParityError(f"{target.name} artifact is out of tolerance{after}: {'; '.join(failures)} (no bundle written)", hint)
     domain_gap = unseen_domain_gap(parity, unseen)
     if domain_gap:
         reporter.warn(domain_gap)
@@ -651,6 +652,15 @@ def _pad_token_id(folder: Path) -> int:
     except (OSError, ValueError):
         value = None
     return int(value) if isinstance(value, int) else 0
+
+
+def int8_plan(stats: dict[str, Any]) -> str:
+    """What an int8 pass settled on, in a few words ("" for any other pass): a parity failure
+    names it, since no manifest is written to read it from."""
+    if "int8_layers" not in stats or "fp32_layers" not in stats:
+        return ""
+    sites = f", {stats['int8_sites']} of {stats['activation_sites']} fusion sites" if stats.get("activation_sites") else ""
+    return f"int8 on {stats['int8_layers']} of {stats['int8_layers'] + stats['fp32_layers']} linear layers{sites}"
 
 
 def build_bundle(path: Path, overrides: "EngineOverrides | None" = None, reporter: Reporter | None = None) -> dict[str, Any]:  # noqa: F821
