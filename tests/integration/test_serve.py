@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import os
+import random
 import signal
 import shutil
 import socket
@@ -39,9 +40,20 @@ TEXTS = [
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port where no program is handed one by chance: below Ray's worker ports
+    (10002-19999) and the kernel's ephemeral range (from 32768). One from bind(("", 0)), the
+    ephemeral range, was once taken by a Ray process's gRPC server (HTTP/2 answered /health)
+    between the test's pick and the server's own bind."""
+    picks = random.Random()
+    for _ in range(500):
+        port = picks.randrange(2000, 6000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # every interface: HAProxy listens on them all
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 2000 and 5999")
 
 
 def call(port: int, method: str, path: str, body: bytes | str | None = None, content_type: str | None = "application/json", timeout: float = 30) -> tuple[int, bytes]:
