@@ -252,14 +252,13 @@ class _Emitter:
             adopt(total.outputs[0], result)
             total.outputs[0].name = name
 
-
     def take_back_shift(self, decision: Decision, node: ir.Node, w_q: ir.Value, w_scale: ir.Value) -> None:
         """The product now reads x + c: subtract c times the column sums of the int8 weight it
         multiplies (dequantized, so the correction is exact for the weight used), from the
         layer's bias where it has one, else by an Add of its own."""
         weight = w_q.const_value.numpy().astype(np.float32) * w_scale.const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
         correction = (-decision.shift * weight.sum(axis=0)).astype(np.float32)
-        bias_add = self._foldable_bias(node, decision.target.out_features)
+        bias_add = self._foldable_bias(node, weight.shape[1])  # this node's width: Q, K and V share one target
         if bias_add is not None:
             index = next(i for i, v in enumerate(bias_add.inputs) if v is not None and v.const_value is not None)
             bias = bias_add.inputs[index].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]

@@ -128,6 +128,9 @@ def test_trt_int8_qdq_is_symmetric_per_channel_and_where_tensorrt_fuses(trt_bund
         and (add := q.inputs[0].producer()) is not None and add.op_type == "Add" and add.inputs[1].const_value is not None
     ]
     assert len(centred) == len(weight_readers) > 0
+    # every linear layer of a BERT has a bias: each takes its shift back there (Q, K and V, which
+    # share one quantized input, each in its own bias), with no correcting Add of its own
+    assert not [n.name for n in model.graph if "_shift_correction" in n.name]
 
 
 def test_readiness_names_each_problem():
