@@ -118,6 +118,13 @@ def centred_params(low: float, high: float) -> tuple[QuantParams, float]:
     return QuantParams(bound / 127.0, 0, True), float(shift)
 
 
+def activation_form(symmetric: bool, centred: bool) -> str:
+    """How a graph's activations are quantized, as the manifest and the QAT report name it."""
+    if not symmetric:
+        return "uint8 asymmetric"
+    return "int8 symmetric, linear inputs centred" if centred else "int8 symmetric"
+
+
 def weight_scales(weight: np.ndarray, axis: int = 1) -> np.ndarray:
     """Symmetric int8 scales per output channel (columns of a [K, N] MatMul weight)."""
     reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from optimize.calibration.ranges import QuantParams, centred_params, quant_params, value_range
+from optimize.calibration.ranges import QuantParams, activation_form, centred_params, quant_params, value_range
 from optimize.calibration.source import CalibrationSource
 from optimize.calibration.stats import StatsReport, collect
 from optimize.config import QuantConfig, SessionConfig
@@ -202,7 +202,7 @@ class Int8Pass(OptimizePass):
         self.stats = {
             "style": self.style,
             "method": self.quant.method,
-            "activations": ("int8 symmetric" + (", linear inputs centred" if centre else "")) if self.quant.symmetric_activations else "uint8 asymmetric",
+            "activations": activation_form(self.quant.symmetric_activations, centre),
             "weights": "int8 symmetric per output channel",
             "smooth_alpha": self.quant.smooth_alpha,
             "qat_layers": len(learned),

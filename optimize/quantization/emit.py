@@ -107,7 +107,7 @@ class _Emitter:
         ort_style = self.style == "ort"
         zero_point = params.zero_point + 128 if (ort_style and params.symmetric) else params.zero_point
         dtype = np.uint8 if (ort_style or not params.symmetric) else np.int8
-        linear = isinstance(decision, Decision) and isinstance(decision.target, LinearTarget)
+        linear = isinstance(decision.target, LinearTarget)
         transform = decision.graph_transform() if linear else None
         shift = decision.shift if linear else 0.0
         key = (x.name, float(params.scale), int(zero_point), transform.tobytes() if transform is not None else b"", shift)
@@ -242,15 +242,20 @@ class _Emitter:
         if decision.shift:
             self.take_back_shift(decision, node, w_q, w_scale)
         if outliers is not None:
-            result = node.outputs[0]
-            total = ir.node("Add", [result, outliers], name=self.unique(f"{prefix}_with_outliers"))
-            self.graph.insert_after(node, total)
-            result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
-            total.replace_input_with(0, result)  # the line above redirected the Add's own input too
-            name = result.name
-            result.name = f"{name}_int8"
-            adopt(total.outputs[0], result)
-            total.outputs[0].name = name
+            self.add_after(node, outliers, f"{prefix}_with_outliers", "_int8")
+
+    def add_after(self, node: ir.Node, addend: ir.Value, name: str, suffix: str) -> None:
+        """``node``'s output plus ``addend`` in its place: every reader (and the graph output it
+        may be) reads the sum under the output's name; the output itself gets ``suffix``."""
+        result = node.outputs[0]
+        total = ir.node("Add", [result, addend], name=self.unique(name))
+        self.graph.insert_after(node, total)
+        result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
+        total.replace_input_with(0, result)  # the line above redirected the Add's own input too
+        original = result.name
+        result.name = f"{original}{suffix}"
+        adopt(total.outputs[0], result)
+        total.outputs[0].name = original
 
     def take_back_shift(self, decision: Decision, node: ir.Node, w_q: ir.Value, w_scale: ir.Value) -> None:
         """The product now reads x + c: subtract c times the column sums of the int8 weight it
@@ -264,15 +269,7 @@ class _Emitter:
             bias = bias_add.inputs[index].const_value.numpy().astype(np.float32)  # type: ignore[union-attr]
             bias_add.replace_input_with(index, self.const(f"{node.name}_bias_shifted", bias + correction))
             return
-        result = node.outputs[0]
-        total = ir.node("Add", [result, self.const(f"{node.name}_shift_correction", correction)], name=self.unique(f"{node.name}_shift_correction"))
-        self.graph.insert_after(node, total)
-        result.replace_all_uses_with(total.outputs[0], replace_graph_outputs=True)
-        total.replace_input_with(0, result)
-        name = result.name
-        result.name = f"{name}_shifted"
-        adopt(total.outputs[0], result)
-        total.outputs[0].name = name
+        self.add_after(node, self.const(f"{node.name}_shift_correction", correction), f"{node.name}_shift_correction", "_shifted")
 
 
 def emit(model: ir.Model, decisions: list[Decision | SiteDecision], style: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.calibration.ranges import QuantParams
+from optimize.calibration.ranges import QuantParams, activation_form
 from optimize.runtimes.base import Feeds
 
 #: weights move little: the model is already trained, only the rounding has to be absorbed.
@@ -298,7 +298,7 @@ def train(
     schemes = quantized.schemes()  # after the block: keyed by the trained weights of the plain modules
     report = {
         **recovery,
-        "activations": ("int8 symmetric" + (", linear inputs centred" if any(p.shift for p in quantized.planned) else "")) if scheme.symmetric_activations else "uint8 asymmetric",
+        "activations": activation_form(scheme.symmetric_activations, any(p.shift for p in quantized.planned)),
         "linear_layers": len(schemes),
         "input_quantizers": len(quantized.quantizers),
         "int8_embeddings": [name for _, name, _ in quantized.embeddings],
