@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,3 +38,20 @@ def assert_one_line_error(result: Result, *fragments: str, code: int | None = No
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     return errors[0]
+
+
+def free_port() -> int:
+    """A free port where no program is handed one by chance: below Ray's worker ports
+    (10002-19999) and the kernel's ephemeral range (from 32768). One from bind(("", 0)), the
+    ephemeral range, was once taken by a Ray process's gRPC server (HTTP/2 answered /health)
+    between the test's pick and the server's own bind."""
+    picks = random.Random()
+    for _ in range(500):
+        port = picks.randrange(2000, 6000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # every interface: HAProxy listens on them all
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 2000 and 5999")

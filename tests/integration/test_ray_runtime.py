@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from cli_helpers import free_port
 from optimize import ray_runtime
 from optimize.cli import main
 from optimize.errors import InputError
@@ -20,10 +20,7 @@ from optimize.errors import InputError
 
 def dead_address() -> str:
     """A local port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import base64
 import http.client
 import json
 import os
-import random
 import signal
 import shutil
 import socket
@@ -28,7 +27,7 @@ import numpy as np
 import pytest
 
 import optimize
-from cli_helpers import assert_one_line_error, optimize as run_cli
+from cli_helpers import assert_one_line_error, free_port, optimize as run_cli
 
 TEXTS = [
     "A short one.",
@@ -37,23 +36,6 @@ TEXTS = [
     "Deployment compilers turn models into artifacts that run anywhere " * 16,  # past the tiny model's 128 positions
     "Héllo wörld, naïve café!",
 ]
-
-
-def free_port() -> int:
-    """A free port where no program is handed one by chance: below Ray's worker ports
-    (10002-19999) and the kernel's ephemeral range (from 32768). One from bind(("", 0)), the
-    ephemeral range, was once taken by a Ray process's gRPC server (HTTP/2 answered /health)
-    between the test's pick and the server's own bind."""
-    picks = random.Random()
-    for _ in range(500):
-        port = picks.randrange(2000, 6000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))  # every interface: HAProxy listens on them all
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 2000 and 5999")
 
 
 def call(port: int, method: str, path: str, body: bytes | str | None = None, content_type: str | None = "application/json", timeout: float = 30) -> tuple[int, bytes]:

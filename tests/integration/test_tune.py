@@ -5,11 +5,11 @@ cut-short run; the CLI's one-line refusals."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import free_port
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
 from optimize.errors import InputError
@@ -233,9 +233,7 @@ def test_a_dead_address_is_the_only_line_when_resuming(tiny_model_dir, tmp_path)
     from optimize.tune.store import TrialStore
 
     out = tmp_path / "tune"
-    with socket.socket() as probe:  # a local port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"  # a local port nothing listens on
     cfg = tiny_config(tiny_model_dir("bert"), out, cluster=ClusterConfig(address=address))
     done = Candidate("ort-int8", budget=0.98)
     TrialStore(out, cfg.context()).add({"candidate": done.as_dict(), "key": done.key, "node": "n", "status": "missed",
