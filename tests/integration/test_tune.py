@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import free_port
 from optimize.cli import main
 from optimize.config import ExportConfig, ExportJob, ParityConfig
 from optimize.errors import InputError
@@ -233,6 +232,9 @@ def test_a_dead_address_is_the_only_line_when_resuming(tiny_model_dir, tmp_path)
     from optimize.tune.store import TrialStore
 
     out = tmp_path / "tune"
+    # imported here: MISSING_THEN_THERE imports this module where tests/ is not on the path
+    from cli_helpers import free_port
+
     address = f"127.0.0.1:{free_port()}"  # a local port nothing listens on
     cfg = tiny_config(tiny_model_dir("bert"), out, cluster=ClusterConfig(address=address))
     done = Candidate("ort-int8", budget=0.98)
